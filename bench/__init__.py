@@ -1,0 +1,1 @@
+"""Load generation, fleet simulation, replay and the demo."""

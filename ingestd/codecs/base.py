@@ -1,0 +1,48 @@
+"""The contract between transports and codecs."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..clock import Window
+from ..model import Origin, Reading, Reject
+
+MAX_NAME = 256  # longest device id or metric name accepted, in characters
+
+
+class Decoded:
+    """What one message became: readings, rejects, and device attributes.
+
+    ``firmware`` maps a device to the firmware version its payload
+    reported; the registry records it on the next flush.
+    """
+
+    __slots__ = ("readings", "rejects", "firmware")
+
+    def __init__(self) -> None:
+        self.readings: list[Reading] = []
+        self.rejects: list[Reject] = []
+        self.firmware: dict[str, str] = {}
+
+    def reject(self, path: str, reason: str) -> None:
+        self.rejects.append(Reject(path, reason))
+
+
+class Codec(Protocol):
+    """One payload format, configured for one route."""
+
+    name: str
+
+    def decode(self, payload: bytes, origin: Origin, out: Decoded) -> None:
+        """Fill ``out``; raise ``DecodeError`` if nothing could be used."""
+        ...
+
+
+def check_text(text: str, what: str) -> str | None:
+    """Why ``text`` cannot be stored as a name or value, or None if it can."""
+    if "\x00" in text:
+        return f"{what} contains a NUL character"
+    return None
+
+
+__all__ = ["Codec", "Decoded", "Window", "check_text", "MAX_NAME"]

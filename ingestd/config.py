@@ -1,0 +1,158 @@
+"""The TOML configuration, validated into structs at start-up.
+
+An unknown key or a bad value stops start-up with a message that names it
+(``ConfigError``). Every field has a default that runs on one machine, so
+an empty file is a valid configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from .codecs.json import JsonOptions
+from .codecs.senml import SenmlOptions
+from .errors import ConfigError
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class Database(_Section):
+    dsn: str = ""  # empty: $INGESTD_DSN, else an embedded server in state_dir
+    state_dir: str = ".ingestd"
+    pool_size: int = msgspec.field(default=4)
+    connect_timeout_s: float = 10.0
+
+
+class Pipeline(_Section):
+    flush_rows: int = 2000  # flush when this many readings wait
+    flush_interval_ms: float = 20.0  # ... or when the oldest waited this long
+    ring_capacity: int = 100_000  # readings held before senders are pushed back
+    heartbeat_timeout_s: float = 120.0  # silent this long: device is offline
+    plausible_from: str = "2000-01-01T00:00:00Z"
+    plausible_future_s: float = 86400.0
+    retry_after_s: int = 1  # what a 503 tells HTTP senders
+
+
+class Route(_Section):
+    """Where messages come from and which codec reads them.
+
+    ``topic`` is an MQTT topic pattern with named captures, e.g.
+    ``devices/{device}/telemetry``; ``{device}`` becomes the transport
+    identity. A route without ``{device}`` is a shared gateway topic.
+    """
+
+    topic: str
+    codec: Literal["json", "senml"] = "json"
+    json: JsonOptions = msgspec.field(default_factory=JsonOptions)
+    senml: SenmlOptions = msgspec.field(default_factory=SenmlOptions)
+
+
+class Mqtt(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = "ingestd"
+    username: str | None = None
+    password: str | None = None
+    share_group: str = ""  # subscribe as $share/<group>/<filter> when set
+    keepalive_s: int = 30
+    clean_session: bool = False
+    session_expiry_s: int = 86400
+    version: Literal[3, 5] = 5
+    max_topic_bytes: int = 512
+    max_payload_bytes: int = 256 * 1024
+    routes: list[Route] = msgspec.field(
+        default_factory=lambda: [
+            Route(topic="devices/{device}/telemetry", codec="json"),
+            Route(topic="devices/{device}/senml", codec="senml"),
+        ]
+    )
+
+
+class Http(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 1024 * 1024
+    max_header_bytes: int = 16 * 1024
+    idle_timeout_s: float = 60.0
+    json: JsonOptions = msgspec.field(default_factory=JsonOptions)
+    senml: SenmlOptions = msgspec.field(default_factory=SenmlOptions)
+
+
+class Admin(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9464
+
+
+class Orders(_Section):
+    enabled: bool = True
+    dispatcher_ring: int = 50_000
+    bindings_refresh_s: float = 5.0
+    rules_refresh_s: float = 5.0
+
+
+class Config(_Section):
+    database: Database = msgspec.field(default_factory=Database)
+    pipeline: Pipeline = msgspec.field(default_factory=Pipeline)
+    mqtt: Mqtt = msgspec.field(default_factory=Mqtt)
+    http: Http = msgspec.field(default_factory=Http)
+    admin: Admin = msgspec.field(default_factory=Admin)
+    orders: Orders = msgspec.field(default_factory=Orders)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+def load(path: str | os.PathLike[str] | None) -> Config:
+    """Read and validate a TOML file; ``None`` gives the defaults."""
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return parse(raw, str(path))
+
+
+def parse(raw: dict[str, object], name: str = "config") -> Config:
+    """Validate an already-parsed TOML document."""
+    try:
+        config = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        # msgspec says "... - at `$.mqtt.routes[0].codec`"; show it TOML-style
+        raise ConfigError(f"{name}: {_toml_path(str(exc))}") from None
+    _check(config, name)
+    return config
+
+
+def _toml_path(message: str) -> str:
+    return message.replace("`$.", "`").replace("`$", "`")
+
+
+def _check(config: Config, name: str) -> None:
+    p = config.pipeline
+    if p.flush_rows < 1 or p.ring_capacity < p.flush_rows:
+        raise ConfigError(
+            f"{name}: pipeline.ring_capacity must be at least pipeline.flush_rows"
+        )
+    if p.flush_interval_ms <= 0:
+        raise ConfigError(f"{name}: pipeline.flush_interval_ms must be positive")
+    for i, route in enumerate(config.mqtt.routes):
+        if route.topic.count("{device}") > 1:
+            raise ConfigError(f"{name}: mqtt.routes[{i}].topic: one {{device}} only")
+    if config.database.pool_size < 2:
+        raise ConfigError(f"{name}: database.pool_size must be at least 2")
+
+
+def state_dir(config: Config) -> Path:
+    return Path(config.database.state_dir).expanduser()

@@ -1,0 +1,68 @@
+"""One error root, one branch per layer.
+
+Errors that can reach a device carry the answer they become on each
+protocol: an HTTP status, a CoAP response code and an MQTT 5 reason code.
+"""
+
+from __future__ import annotations
+
+
+class IngestError(Exception):
+    """Root of every error ingestd raises on purpose."""
+
+    http_status = 500
+    coap_code = "5.00"
+    mqtt_reason = 0x80  # unspecified error
+
+
+class ConfigError(IngestError):
+    """The configuration file names an unknown key or a bad value."""
+
+
+class DecodeError(IngestError, ValueError):
+    """A payload, or one reading in it, cannot be used.
+
+    ``path`` says where: a JSON path such as ``$[2].values.temp`` or a byte
+    offset. The message ends with it, so a device owner can find the spot.
+    """
+
+    http_status = 400
+    coap_code = "4.00"
+    mqtt_reason = 0x99  # payload format invalid
+
+    def __init__(self, reason: str, path: str = "$") -> None:
+        super().__init__(f"{reason} - at `{path}`")
+        self.reason = reason
+        self.path = path
+
+
+class PayloadTooLarge(DecodeError):
+    http_status = 413
+    coap_code = "4.13"
+    mqtt_reason = 0x95  # packet too large
+
+
+class UnsupportedFormat(DecodeError):
+    http_status = 415
+    coap_code = "4.15"
+    mqtt_reason = 0x99
+
+
+class NoRoute(DecodeError):
+    """Nothing in the configuration accepts this topic or path."""
+
+    http_status = 404
+    coap_code = "4.04"
+    mqtt_reason = 0x90  # topic name invalid
+
+
+class Overloaded(IngestError):
+    """The bounded buffers are full; the sender should retry later."""
+
+    http_status = 503
+    coap_code = "5.03"
+    mqtt_reason = 0x97  # quota exceeded
+
+
+class StorageError(IngestError):
+    """PostgreSQL refused or lost a flush; the flush will be retried."""

@@ -1,0 +1,1 @@
+"""From committed readings to order updates the OMS reads."""

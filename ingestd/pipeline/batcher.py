@@ -1,0 +1,316 @@
+"""Collect handled messages; flush on N readings or T ms; then acknowledge.
+
+``submit`` is synchronous and cheap: it appends to the open batch. The
+flush loop swaps the batch out, writes it in one transaction, and only after
+the commit calls each message's acknowledgement, in arrival order (MQTT
+requires PUBACKs in the order the PUBLISHes came). While one batch is being
+written the next one fills, so a slow flush makes the next one larger rather
+than queueing small ones.
+
+Bounded: ``pending`` counts readings received and not yet committed. Above
+``capacity`` the batcher is ``full``; transports stop reading (MQTT) or
+answer 503 (HTTP) until ``on_space`` callbacks say it drained below half.
+PostgreSQL down or failing: the batch is kept and retried with backoff,
+which keeps the batcher full and the senders pushed back; nothing that was
+acknowledged depends on a write that has not committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import asyncpg
+import orjson
+
+from .. import log, metrics
+from ..codecs.base import Decoded
+from ..model import Origin, Reading
+from . import writer
+from .bindings import Bindings
+
+Ack = tuple[Callable[[Any], None], Any]
+
+# Failures worth retrying the same batch for: the database went away, or is
+# restarting, or refused the connection. Anything else is a fault in the
+# data of this batch, which is then written piecewise (see _salvage).
+RETRYABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+)
+
+
+class Batch:
+    __slots__ = ("readings", "dead", "devices", "acks", "weight")
+
+    def __init__(self) -> None:
+        self.readings: list[Reading] = []
+        self.dead: list[tuple[Any, ...]] = []
+        # device -> [last seen µs, firmware, {transports}, {formats}]
+        self.devices: dict[str, list[Any]] = {}
+        self.acks: list[Ack] = []
+        self.weight = 0
+
+
+class Batcher:
+    """The single path from decoded messages to committed rows."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        flush_rows: int,
+        flush_interval_ms: float,
+        capacity: int,
+        bindings: Bindings | None = None,
+        on_commit: Callable[[list[Reading]], None] | None = None,
+    ) -> None:
+        self.pool = pool
+        self.flush_rows = flush_rows
+        self.interval = flush_interval_ms / 1000
+        self.capacity = capacity
+        self.bindings = bindings
+        self.on_commit = on_commit
+        self.pending = 0
+        self.committed_readings = 0
+        self._batch = Batch()
+        self._wake = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._space_waiters: list[Callable[[], None]] = []
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    # -- called by transports -------------------------------------------
+
+    @property
+    def full(self) -> bool:
+        return self.pending >= self.capacity
+
+    def on_space(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, when pending readings drop below half."""
+        self._space_waiters.append(callback)
+
+    def submit(
+        self, origin: Origin, decoded: Decoded, raw: bytes, ack: Ack | None
+    ) -> None:
+        """Take one handled message; ``ack`` is called after its commit."""
+        batch = self._batch
+        readings = decoded.readings
+        received = origin.received
+        if readings:
+            if self.bindings is not None and self.bindings.active:
+                self.bindings.stamp(readings)
+            batch.readings.extend(readings)
+            fmt = readings[0].format
+            device = origin.device
+            if device is None or readings[-1].device != device:
+                for name in {r.device for r in readings}:
+                    self._touch(batch, name, received, origin.transport, fmt)
+            else:
+                self._touch(batch, device, received, origin.transport, fmt)
+        if decoded.firmware:
+            for name, version in decoded.firmware.items():
+                if name in batch.devices:
+                    batch.devices[name][1] = version
+        if decoded.rejects:
+            self.add_dead(origin, decoded, raw)
+        if ack is not None:
+            batch.acks.append(ack)
+        weight = len(readings) + 1
+        batch.weight += weight
+        self.pending += weight
+        if len(batch.readings) >= self.flush_rows:
+            self._wake.set()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(
+                self.interval, self._wake.set
+            )
+
+    def add_dead(
+        self, origin: Origin, decoded: Decoded | None, raw: bytes, reason: str = ""
+    ) -> None:
+        """Keep a message, or its rejected parts, as a dead letter."""
+        rejects = decoded.rejects if decoded is not None else []
+        if not reason:
+            first = rejects[0] if rejects else None
+            more = f" (+{len(rejects) - 1} more)" if len(rejects) > 1 else ""
+            reason = f"{first.reason} - at `{first.path}`{more}" if first else "?"
+        details = orjson.dumps([{"path": r.path, "reason": r.reason} for r in rejects])
+        device = origin.device
+        self._batch.dead.append(
+            (
+                datetime.fromtimestamp(origin.received / 1e6, tz=timezone.utc),
+                origin.transport,
+                _printable(origin.source),
+                _printable(device) if device is not None else None,
+                _printable(reason),
+                details.decode().replace("\\u0000", "\\\\0"),
+                raw,
+            )
+        )
+
+    def dead_letter(self, origin: Origin, raw: bytes, reason: str, ack: Ack | None):
+        """A whole message that could not be used: keep it, then ack it."""
+        self.add_dead(origin, None, raw, reason)
+        batch = self._batch
+        if ack is not None:
+            batch.acks.append(ack)
+        batch.weight += 1
+        self.pending += 1
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(
+                self.interval, self._wake.set
+            )
+
+    @staticmethod
+    def _touch(batch: Batch, device: str, seen: int, transport: str, fmt: str) -> None:
+        entry = batch.devices.get(device)
+        if entry is None:
+            batch.devices[device] = [seen, None, {transport}, {fmt}]
+        else:
+            if seen > entry[0]:
+                entry[0] = seen
+            entry[2].add(transport)
+            entry[3].add(fmt)
+
+    # -- the flush loop -------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        """Flush what is pending, acknowledge it, and stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            batch = self._batch
+            if not batch.weight:
+                if self._closing:
+                    return
+                continue
+            self._batch = Batch()
+            try:
+                await self._flush(batch)
+            except Exception:
+                # Our own fault, not the database's: nothing of this batch is
+                # acknowledged, so MQTT redelivers it and HTTP senders retry.
+                log.pipeline.exception("flush failed; batch not acknowledged")
+                self.pending -= batch.weight
+            if self._batch.weight and (
+                self._closing or len(self._batch.readings) >= self.flush_rows
+            ):
+                self._wake.set()
+            elif self._batch.weight and self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(
+                    self.interval, self._wake.set
+                )
+            elif self._closing:
+                self._wake.set()
+
+    async def _flush(self, batch: Batch) -> None:
+        rows = [writer.stage_row(r) for r in batch.readings]
+        started = time.perf_counter()
+        backoff = 0.05
+        while True:
+            try:
+                async with self.pool.acquire() as conn:
+                    try:
+                        await writer.write(conn, rows, batch.devices, batch.dead)
+                    except asyncpg.PostgresError as exc:
+                        if isinstance(exc, RETRYABLE):
+                            raise
+                        log.pipeline.error("flush refused (%s); salvaging", exc)
+                        await self._salvage(conn, batch, rows)
+                break
+            except RETRYABLE as exc:
+                metrics.flush_failures.inc()
+                log.pipeline.warning(
+                    "flush of %d readings failed (%s: %s); retrying in %.2fs",
+                    len(rows), type(exc).__name__, exc, backoff,
+                )  # fmt: skip
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+        metrics.flush_seconds.observe(time.perf_counter() - started)
+        metrics.flush_rows.observe(len(rows))
+        metrics.flushes.inc()
+        metrics.readings.inc(len(rows))
+        if batch.dead:
+            metrics.dead_letters.inc(len(batch.dead))
+        self.committed_readings += len(rows)
+
+        # Acknowledge in arrival order, now that everything is committed
+        for callback, token in batch.acks:
+            try:
+                callback(token)
+            except Exception:
+                log.pipeline.exception("acknowledgement failed")
+        self.pending -= batch.weight
+        metrics.pending.set(self.pending)
+        if self._space_waiters and self.pending < self.capacity // 2:
+            waiters, self._space_waiters = self._space_waiters, []
+            for wake in waiters:
+                wake()
+        if self.on_commit is not None and batch.readings:
+            self.on_commit(batch.readings)
+
+    async def _salvage(
+        self, conn: asyncpg.Connection, batch: Batch, rows: list[tuple[Any, ...]]
+    ) -> None:
+        """Write a batch that PostgreSQL refused, one piece at a time.
+
+        A refused reading or dead letter becomes a dead letter with the
+        server's reason, so one bad value never holds back or drops the good
+        ones. Slow, and only reached when a check in the codecs missed
+        something; the log line says what.
+        """
+        now = datetime.now(timezone.utc)
+        refused: list[tuple[Any, ...]] = []
+        try:
+            await writer.write(conn, [], batch.devices, [])
+        except asyncpg.PostgresError as exc:
+            if isinstance(exc, RETRYABLE):
+                raise
+            log.pipeline.error("registry update refused, skipped: %s", exc)
+        for letter in batch.dead:
+            try:
+                await writer.write(conn, [], {}, [letter])
+            except asyncpg.PostgresError as exc:
+                if isinstance(exc, RETRYABLE):
+                    raise
+                reason = f"dead letter refused: {exc}"
+                refused.append((now, letter[1], "flush", None, reason, None, letter[6]))
+        for row in rows:
+            try:
+                await writer.write(conn, [row], {}, [])
+            except asyncpg.PostgresError as exc:
+                if isinstance(exc, RETRYABLE):
+                    raise
+                raw = orjson.dumps(list(row), default=repr)
+                refused.append((now, row[10], "flush", None, f"refused: {exc}", None, raw))
+        if refused:
+            await writer.write(conn, [], {}, refused)
+
+
+def _printable(text: str) -> str:
+    """Text PostgreSQL can store: it refuses NUL in text columns."""
+    return text.replace("\x00", "\\0") if "\x00" in text else text

@@ -1,0 +1,192 @@
+"""One ingestd process: its listeners, pipeline and background tasks.
+
+Start-up: find PostgreSQL, migrate, open the pool, start the batcher and the
+dispatcher, then the listeners. Stop (SIGTERM, SIGINT): stop taking input,
+flush and acknowledge what was taken, then close; the exit status is 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+import asyncpg
+
+from . import clock, log, metrics
+from .admin import AdminEndpoint
+from .config import Config, state_dir
+from .orders.dispatcher import Dispatcher
+from .pipeline.batcher import Batcher
+from .pipeline.bindings import Bindings
+from .storage import database
+from .transports import http1
+from .transports.http import TelemetryEndpoint
+from .transports.mqtt import MqttSubscriber
+
+OFFLINE = """
+UPDATE ingestd.devices SET status = 'offline'
+WHERE status = 'online' AND last_seen < now() - make_interval(secs => $1)
+"""
+
+
+class Server:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.pool: asyncpg.Pool | None = None
+        self.batcher: Batcher | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.mqtt: MqttSubscriber | None = None
+        self.http: TelemetryEndpoint | None = None
+        self._servers: list[asyncio.Server] = []
+        self._connections: list[set[http1.HttpConnection]] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.stopping = asyncio.Event()
+        self.ready = asyncio.Event()
+
+    async def start(self) -> None:
+        cfg = self.config
+        dsn = database.resolve_dsn(cfg.database.dsn, state_dir(cfg))
+        conn = await asyncpg.connect(dsn, timeout=cfg.database.connect_timeout_s)
+        try:
+            await database.migrate(conn)
+        finally:
+            await conn.close()
+        self.pool = await database.connect_pool(
+            dsn, cfg.database.pool_size, cfg.database.connect_timeout_s
+        )
+
+        p = cfg.pipeline
+        window = clock.Window(
+            clock.from_text(p.plausible_from, "pipeline.plausible_from"),
+            p.plausible_future_s,
+        )
+        bindings = Bindings()
+        self.dispatcher = Dispatcher(self.pool, cfg.orders.dispatcher_ring)
+        async with self.pool.acquire() as c:
+            await bindings.refresh(c)
+            await self.dispatcher.load(c)
+        self.batcher = Batcher(
+            self.pool, p.flush_rows, p.flush_interval_ms, p.ring_capacity,
+            bindings, self.dispatcher.offer if cfg.orders.enabled else None,
+        )  # fmt: skip
+        self.batcher.start()
+        self.dispatcher.start()
+        self._every(cfg.orders.bindings_refresh_s, lambda c: bindings.refresh(c))
+        self._every(cfg.orders.rules_refresh_s, self.dispatcher.load)
+        timeout = p.heartbeat_timeout_s
+        self._every(
+            max(1.0, timeout / 4), lambda c: c.execute(OFFLINE, float(timeout))
+        )
+
+        if cfg.http.enabled:
+            h = cfg.http
+            self.http = TelemetryEndpoint(h, self.batcher, window)
+            server, conns, sweeper = await http1.serve(
+                self.http, h.host, h.port, h.max_body_bytes, h.max_header_bytes,
+                h.idle_timeout_s, refused=self.http.refused, reuse_port=True,
+            )  # fmt: skip
+            self._servers.append(server)
+            self._connections.append(conns)
+            self._tasks.append(sweeper)
+            log.http.info("listening on %s:%d", h.host, h.port)
+        if cfg.admin.enabled:
+            a = cfg.admin
+            server, conns, sweeper = await http1.serve(
+                AdminEndpoint(self.health), a.host, a.port, 4096, 16384, 60.0,
+                reuse_port=True,
+            )  # fmt: skip
+            self._servers.append(server)
+            self._tasks.append(sweeper)
+        if cfg.mqtt.enabled:
+            self.mqtt = MqttSubscriber(cfg.mqtt, self.batcher, window)
+            await self.mqtt.start()
+        self._tasks.append(asyncio.get_running_loop().create_task(self._count()))
+        self.ready.set()
+        log.root.info("ingestd ready")
+
+    def health(self) -> dict[str, Any]:
+        batcher = self.batcher
+        mqtt_ok = self.mqtt is None or self.mqtt.connected.is_set()
+        pending = batcher.pending if batcher else 0
+        return {
+            "ok": bool(batcher) and mqtt_ok and not self.stopping.is_set(),
+            "mqtt_connected": mqtt_ok,
+            "pending_readings": pending,
+            "committed_readings": batcher.committed_readings if batcher else 0,
+            "order_updates": self.dispatcher.written if self.dispatcher else 0,
+        }
+
+    async def stop(self) -> None:
+        """Stop taking input, flush and acknowledge, close."""
+        self.stopping.set()
+        for server in self._servers:
+            server.close()
+        if self.mqtt is not None:
+            self.mqtt.hold()
+        if self.batcher is not None:
+            await self.batcher.close()
+        if self.mqtt is not None:
+            await self.mqtt.stop()
+        if self.dispatcher is not None:
+            await self.dispatcher.close()
+        for conns in self._connections:
+            for conn in list(conns):
+                if conn.transport is not None:
+                    conn.transport.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.pool is not None:
+            await self.pool.close()
+        log.root.info(
+            "stopped; %d readings committed",
+            self.batcher.committed_readings if self.batcher else 0,
+        )
+
+    def _every(self, seconds: float, job: Any) -> None:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(seconds)
+                try:
+                    async with self.pool.acquire() as conn:  # type: ignore[union-attr]
+                        await job(conn)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.storage.warning("periodic job failed: %s", exc)
+
+        self._tasks.append(asyncio.get_running_loop().create_task(loop()))
+
+    async def _count(self) -> None:
+        # Per-message counters are plain ints on the hot path; publish deltas.
+        seen = {"mqtt": 0, "http": 0}
+        while True:
+            await asyncio.sleep(1.0)
+            now = {
+                "mqtt": self.mqtt.messages if self.mqtt else 0,
+                "http": self.http.requests if self.http else 0,
+            }
+            for name, count in now.items():
+                if count > seen[name]:
+                    metrics.messages.labels(name).inc(count - seen[name])
+            seen = now
+
+
+async def serve(config: Config) -> int:
+    """Run until SIGTERM or SIGINT; returns the exit status."""
+    server = Server(config)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    starting = loop.create_task(server.start())
+    waiting = loop.create_task(stop.wait())
+    await asyncio.wait({starting, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    if starting.done() and starting.exception() is not None:
+        waiting.cancel()
+        raise starting.exception()  # type: ignore[misc]
+    await stop.wait()
+    log.root.info("stopping: flushing what was taken")
+    if not starting.done():
+        starting.cancel()
+    await server.stop()
+    return 0

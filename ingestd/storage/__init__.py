@@ -1,0 +1,1 @@
+"""PostgreSQL: where the server lives, its migrations, its connection pool."""

@@ -1,0 +1,140 @@
+"""HTTP in: ``POST /v1/devices/{device_id}/telemetry``.
+
+The path names the device; Content-Type picks the codec (JSON when absent;
+``application/senml+json`` for SenML). Answers, each only after the commit
+that makes it true:
+
+- 202 ``{"stored": n, "rejected": [...]}``: ``n`` readings were committed;
+  rejected parts name their path and are kept as a dead letter.
+- 400 when nothing in the body could be used, naming where it went wrong.
+- 404 for another path, 405 for another method, 413 over the body limit,
+  415 for an unknown Content-Type, 431 for oversized headers. All but 405
+  and 431 are kept as dead letters (an oversized body: its first 4 KiB).
+- 503 with Retry-After while the buffers are full; nothing is kept, the
+  sender retries.
+
+Left out here: TLS and client certificates (the security issue), and
+WebSocket (the protocol-breadth issue).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote
+
+import orjson
+
+from .. import clock, metrics
+from ..codecs import catalog
+from ..codecs.base import MAX_NAME, Codec, Decoded
+from ..config import Http
+from ..errors import DecodeError, IngestError
+from ..model import Origin
+from ..pipeline.batcher import Batcher
+from .http1 import Request
+
+PREFIX = b"/v1/devices/"
+SUFFIX = b"/telemetry"
+KEPT_OF_REFUSED = 4096  # bytes of an oversized body kept as its dead letter
+
+
+class TelemetryEndpoint:
+    """Turns requests into submissions; answers from the batcher's acks."""
+
+    def __init__(self, config: Http, batcher: Batcher, window: clock.Window) -> None:
+        self.config = config
+        self.batcher = batcher
+        self.retry_after = b"Retry-After: 1\r\n"
+        self.codecs: dict[str, Codec] = {
+            name: catalog.build(name, config.json, config.senml, window)
+            for name in ("json", "senml")
+        }
+        self.requests = 0
+
+    def __call__(self, request: Request) -> None:
+        self.requests += 1
+        url = request.url.split(b"?", 1)[0]
+        body = b"".join(request.body)
+        received = clock.now_us()
+        if not (url.startswith(PREFIX) and url.endswith(SUFFIX)):
+            origin = Origin(None, "http", received, f"{request.peer} {url[:200]!r}")
+            self._refuse(request, origin, body, 404, "no such endpoint")
+            return
+        if request.method != "POST":
+            request.answer(405, b'{"error": "use POST"}', extra=b"Allow: POST\r\n")
+            return
+        device = unquote(url[len(PREFIX) : -len(SUFFIX)].decode("utf-8", "replace"))
+        origin = Origin(device, "http", received, request.peer)
+        if not device or "/" in device or "\x00" in device or len(device) > MAX_NAME:
+            self._refuse(request, origin, body, 404, "bad device id in path")
+            return
+        if self.batcher.full:
+            metrics.pushback.labels("http").inc()
+            request.answer(
+                503, b'{"error": "busy, retry later"}', extra=self.retry_after
+            )
+            return
+
+        content_type = request.headers.get(b"content-type", b"application/json")
+        media = content_type.split(b";", 1)[0].strip().decode("latin-1").lower()
+        name = catalog.CONTENT_TYPES.get(media)
+        if name is None:
+            self._refuse(request, origin, body, 415, f"unsupported type {media!r}")
+            return
+        decoded = Decoded()
+        try:
+            self.codecs[name].decode(body, origin, decoded)
+        except DecodeError as exc:
+            self._refuse(request, origin, body, exc.http_status, str(exc), exc.path)
+            return
+        answer = _answer_stored if decoded.readings else _answer_rejected
+        self.batcher.submit(origin, decoded, body, (answer, (request, decoded)))
+
+    def refused(self, request: Request, status: int, reason: str) -> None:
+        """A request the connection cut short (too large): keep what came."""
+        url = request.url[:200]
+        origin = Origin(None, "http", clock.now_us(), f"{request.peer} {url!r}")
+        kept = b"".join(request.body)[:KEPT_OF_REFUSED]
+        self.batcher.dead_letter(origin, kept, f"{status}: {reason}", None)
+
+    def _refuse(
+        self,
+        request: Request,
+        origin: Origin,
+        body: bytes,
+        status: int,
+        reason: str,
+        path: str | None = None,
+    ) -> None:
+        """Keep the body as a dead letter; answer once that is committed."""
+        answer = {"error": reason} if path is None else {"error": reason, "path": path}
+        payload = orjson.dumps(answer)
+        self.batcher.dead_letter(
+            origin, body, reason, (_answer_error, (request, status, payload))
+        )
+
+
+def _answer_stored(token: tuple[Request, Decoded]) -> None:
+    request, decoded = token
+    body = {"stored": len(decoded.readings)}
+    if decoded.rejects:
+        body["rejected"] = [{"path": r.path, "reason": r.reason} for r in decoded.rejects]
+    request.answer(202, orjson.dumps(body))
+
+
+def _answer_rejected(token: tuple[Request, Decoded]) -> None:
+    request, decoded = token
+    first = decoded.rejects[0]
+    body = {
+        "error": f"nothing usable: {first.reason}",
+        "path": first.path,
+        "rejected": [{"path": r.path, "reason": r.reason} for r in decoded.rejects],
+    }
+    request.answer(400, orjson.dumps(body))
+
+
+def _answer_error(token: tuple[Request, int, bytes]) -> None:
+    request, status, payload = token
+    request.answer(status, payload)
+
+
+__all__ = ["TelemetryEndpoint", "IngestError"]
