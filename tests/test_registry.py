@@ -1,0 +1,59 @@
+"""The device registry: one row per device, online until it falls silent."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from bench import harness
+from ingestd import config
+from ingestd.server import Server
+
+from .http_client import RawHttp
+from .mqtt_publisher import wait_for
+
+
+async def test_registry_marks_silent_devices_offline(
+    pg_uri: str, run_id: str, tmp_path: Path
+) -> None:
+    dsn = await harness.create_database(pg_uri, f"t_registry_{run_id}")
+    cfg = msgspec.convert(
+        {
+            "database": {"dsn": dsn, "state_dir": str(tmp_path)},
+            "pipeline": {"heartbeat_timeout_s": 1.0},
+            "mqtt": {"enabled": False},
+            "http": {"port": harness.free_port()},
+            "admin": {"enabled": False},
+        },
+        config.Config,
+    )
+    server = Server(cfg)
+    await server.start()
+    try:
+        client = await RawHttp.open(cfg.http.port)
+        status, _, _ = await client.post("/v1/devices/quiet/telemetry", b'{"t": 1}')
+        assert status == 202
+        status, _, _ = await client.post("/v1/devices/chatty/telemetry", b'{"t": 1}')
+        assert server.pool is not None
+
+        async def status_of(device: str) -> Any:
+            return await server.pool.fetchval(  # type: ignore[union-attr]
+                "SELECT status FROM ingestd.devices WHERE id = $1", device
+            )
+
+        assert await status_of("quiet") == "online"
+        for _ in range(6):  # chatty keeps talking for 3 s, quiet does not
+            await client.post("/v1/devices/chatty/telemetry", b'{"t": 2}')
+            await asyncio.sleep(0.5)
+
+        async def quiet_offline() -> bool:
+            return await status_of("quiet") == "offline"
+
+        assert await wait_for(quiet_offline, timeout=5)
+        assert await status_of("chatty") == "online"
+        await client.close()
+    finally:
+        await server.stop()
