@@ -1,0 +1,69 @@
+"""Any input: a codec answers with readings, rejects or a DecodeError, never
+another exception. Fixed example budgets, derandomized so CI is repeatable."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import json
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ingestd import clock
+from ingestd.codecs.base import Decoded
+from ingestd.codecs.json import JsonCodec, JsonOptions
+from ingestd.codecs.senml import SenmlCodec, SenmlOptions
+from ingestd.errors import DecodeError
+from ingestd.model import Origin
+
+CODECS = [
+    JsonCodec(JsonOptions(), clock.Window()),
+    JsonCodec(JsonOptions(layout="gateway"), clock.Window()),
+    SenmlCodec(SenmlOptions(), clock.Window()),
+]
+PROFILE = settings(
+    max_examples=1500, derandomize=True, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)  # fmt: skip
+
+scalars = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+    | st.text(max_size=12)
+)  # fmt: skip
+SENML_KEYS = ["bn", "bt", "bu", "bv", "bs", "n", "u", "v", "vs", "vb", "vd", "s", "t"]
+keys = st.sampled_from(SENML_KEYS + ["ts", "values", "v", "time", "x_"]) | st.text(
+    max_size=6
+)
+documents = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=5)
+    | st.dictionaries(keys, inner, max_size=6),
+    max_leaves=25,
+)
+
+
+def _check(payload: bytes, device: str | None) -> None:
+    for codec in CODECS:
+        out = Decoded()
+        try:
+            codec.decode(payload, Origin(device, "fuzz", clock.now_us()), out)
+        except DecodeError as exc:
+            assert exc.path and exc.reason
+            continue
+        assert out.readings or out.rejects
+        for r in out.readings:
+            assert "\x00" not in r.device + r.metric
+            assert isinstance(r.ts, int)
+            assert (r.value is None) != (r.data is None)
+
+
+@PROFILE
+@given(documents, st.sampled_from([None, "dev-1"]))
+def test_codecs_never_fail_on_any_json(doc: Any, device: str | None) -> None:
+    _check(json.dumps(doc).encode(), device)
+
+
+@PROFILE
+@given(st.binary(max_size=200))
+def test_codecs_never_fail_on_any_bytes(payload: bytes) -> None:
+    _check(payload, "dev-1")
