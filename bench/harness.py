@@ -225,8 +225,18 @@ class IngestdProcess:
 
 def config_text(dsn: str, broker_port: int, http_port: int, admin_port: int,
                 state_dir: Path, extra: str = "", mqtt_version: int = 5,
-                client_id: str = "ingestd") -> str:  # fmt: skip
-    """A configuration for one test or demo server."""
+                client_id: str = "ingestd",
+                pipeline: dict[str, float] | None = None) -> str:  # fmt: skip
+    """A configuration for one test or demo server.
+
+    ``pipeline`` overrides keys of the ``[pipeline]`` section, e.g.
+    ``{"flush_rows": 500, "ring_capacity": 20000}`` for a benchmark.
+    """
+    settings: dict[str, float] = {
+        "flush_rows": 2000, "flush_interval_ms": 20, "heartbeat_timeout_s": 30,
+        **(pipeline or {}),
+    }  # fmt: skip
+    pipeline_lines = "\n".join(f"{key} = {value!r}" for key, value in settings.items())
     return f"""\
 log_level = "info"
 {extra}
@@ -235,9 +245,7 @@ dsn = "{dsn}"
 state_dir = "{state_dir}"
 
 [pipeline]
-flush_rows = 2000
-flush_interval_ms = 20
-heartbeat_timeout_s = 30
+{pipeline_lines}
 
 [mqtt]
 port = {broker_port}

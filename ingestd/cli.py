@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import subprocess
 import sys
@@ -33,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "schema":
         from .model import json_schema
 
-        sys.stdout.write(orjson.dumps(json_schema(), option=orjson.OPT_INDENT_2).decode())
+        sys.stdout.write(
+            orjson.dumps(json_schema(), option=orjson.OPT_INDENT_2).decode()
+        )
         sys.stdout.write("\n")
         return 0
     try:

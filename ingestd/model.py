@@ -12,7 +12,6 @@ from typing import Annotated, Any
 import msgspec
 
 
-
 class Reading(msgspec.Struct, gc=False, omit_defaults=True):
     """One measured value of one metric of one device at one time.
 

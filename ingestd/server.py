@@ -75,9 +75,7 @@ class Server:
         self._every(cfg.orders.bindings_refresh_s, lambda c: bindings.refresh(c))
         self._every(cfg.orders.rules_refresh_s, self.dispatcher.load)
         timeout = p.heartbeat_timeout_s
-        self._every(
-            max(1.0, timeout / 4), lambda c: c.execute(OFFLINE, float(timeout))
-        )
+        self._every(max(1.0, timeout / 4), lambda c: c.execute(OFFLINE, float(timeout)))
 
         if cfg.http.enabled:
             h = cfg.http

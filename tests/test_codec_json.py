@@ -36,9 +36,7 @@ ROUTES: dict[str, tuple[str | None, dict[str, Any]]] = {
 }  # fmt: skip
 
 
-def decode(
-    payload: bytes, device: str | None = "dev-1", **options: Any
-) -> Decoded:
+def decode(payload: bytes, device: str | None = "dev-1", **options: Any) -> Decoded:
     codec = JsonCodec(JsonOptions(**options), clock.Window())
     out = Decoded()
     codec.decode(payload, Origin(device, "test", RECEIVED), out)

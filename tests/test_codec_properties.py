@@ -3,9 +3,9 @@ another exception. Fixed example budgets, derandomized so CI is repeatable."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -36,8 +36,9 @@ keys = st.sampled_from(SENML_KEYS + ["ts", "values", "v", "time", "x_"]) | st.te
 )
 documents = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=5)
-    | st.dictionaries(keys, inner, max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(keys, inner, max_size=6)
+    ),
     max_leaves=25,
 )
 

@@ -52,7 +52,8 @@ def test_senml_fixture_milliseconds_base_time_is_rejected() -> None:
 
 def test_senml_transport_identity_names_the_device() -> None:
     out = decode(
-        b'[{"bn": "urn:dev:x:", "n": "temp", "u": "Cel", "v": 4}, {"u": "%RH", "v": 3}]',
+        b'[{"bn": "urn:dev:x:", "n": "temp", "u": "Cel", "v": 4},'
+        b' {"u": "%RH", "v": 3}]',
         device="tracker-7",
     )
     assert [(r.device, r.metric, r.unit) for r in out.readings] == [
@@ -61,14 +62,19 @@ def test_senml_transport_identity_names_the_device() -> None:
 
 
 def test_senml_full_metric_keeps_object_paths_apart() -> None:
-    pack = b'[{"bn": "14201/0/", "n": "0", "v": 1}, {"bn": "14230/0/", "n": "0", "v": 2}]'
+    pack = (
+        b'[{"bn": "14201/0/", "n": "0", "v": 1}, {"bn": "14230/0/", "n": "0", "v": 2}]'
+    )
     out = decode(pack, device="nrf-1", metric="full")
     assert [r.metric for r in out.readings] == ["14201/0/0", "14230/0/0"]
 
 
 def test_senml_sum_and_base_value_apply() -> None:
     out = decode(b'[{"bn": "d:", "bv": 10, "bs": 100, "n": "e", "v": 1, "s": 5}]')
-    assert [(r.metric, r.value) for r in out.readings] == [("e", 11.0), ("e.sum", 105.0)]
+    assert [(r.metric, r.value) for r in out.readings] == [
+        ("e", 11.0),
+        ("e.sum", 105.0),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -35,10 +35,13 @@ async def test_mqtt_json_and_senml_are_stored(deployment: Deployment) -> None:
     await pub.close()
 
     async def stored() -> Any:
-        return await deployment.fetchval(
-            "SELECT count(*) FROM ingestd.readings "
-            "WHERE device_id IN ('m-json', 'm-senml')"
-        ) == 51
+        return (
+            await deployment.fetchval(
+                "SELECT count(*) FROM ingestd.readings "
+                "WHERE device_id IN ('m-json', 'm-senml')"
+            )
+            == 51
+        )
 
     assert await wait_for(stored)
     row = (await deployment.fetch(
@@ -72,9 +75,12 @@ async def test_mqtt_bad_payload_is_a_dead_letter_and_stream_goes_on(
     assert reasons[0].startswith("invalid JSON") and reasons[0].endswith("`byte 6`")
     assert reasons[1].startswith("invalid JSON")
     assert reasons[2].startswith("expected a number, got str - at `$[0].v`")
-    assert await deployment.fetchval(
-        "SELECT count(*) FROM ingestd.readings WHERE device_id = 'm-bad'"
-    ) == 1
+    assert (
+        await deployment.fetchval(
+            "SELECT count(*) FROM ingestd.readings WHERE device_id = 'm-bad'"
+        )
+        == 1
+    )
 
 
 # -- in-process: watch the subscriber's PUBACKs against the commit ----------
@@ -140,9 +146,12 @@ async def test_mqtt_puback_follows_commit_in_arrival_order(
     assert [mid for mid, _ in acked] == arrived
     assert acked[-1][1] == 0x99  # MQTT 5: payload format invalid
     assert {code for _, code in acked[:-1]} == {0}
-    assert await blocker.fetchval(
-        "SELECT count(*) FROM ingestd.readings WHERE device_id = 'pa'"
-    ) == 200
+    assert (
+        await blocker.fetchval(
+            "SELECT count(*) FROM ingestd.readings WHERE device_id = 'pa'"
+        )
+        == 200
+    )
 
     await pub.close()
     await subscriber.stop()
@@ -175,9 +184,12 @@ async def test_mqtt_reconnects_and_resubscribes_after_broker_restart(
         await pub.close()
 
         async def both() -> Any:
-            return await d.fetchval(
-                "SELECT count(*) FROM ingestd.readings WHERE device_id = 're'"
-            ) == 2
+            return (
+                await d.fetchval(
+                    "SELECT count(*) FROM ingestd.readings WHERE device_id = 're'"
+                )
+                == 2
+            )
 
         assert await wait_for(both, timeout=30)
     finally:

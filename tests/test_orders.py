@@ -24,7 +24,8 @@ async def _setup(d: Deployment) -> None:
     conn = await d.connect()
     await conn.execute(
         """
-        INSERT INTO oms.orders (id, kind, product) VALUES ('SO-1', 'shipment', 'vaccines');
+        INSERT INTO oms.orders (id, kind, product)
+            VALUES ('SO-1', 'shipment', 'vaccines');
         INSERT INTO oms.device_bindings (device_id, order_id, valid_from, valid_to)
             VALUES ('trk-1', 'SO-1', '2024-05-01T00:00:00Z', '2024-05-02T00:00:00Z');
         INSERT INTO ingestd.rules (id, metric, op, threshold, kind)
@@ -91,6 +92,7 @@ async def test_orders_breach_and_recovery_once_each(deployment: Deployment) -> N
 async def test_orders_open_breach_survives_restart(deployment: Deployment) -> None:
     # trk-1's breach is closed; open a new one, restart, continue the excursion
     await _post(deployment, "trk-1", [11.0], start=100)
+
     async def three() -> bool:
         count = await deployment.fetchval("SELECT count(*) FROM ingestd.order_updates")
         return count == 3
@@ -112,4 +114,3 @@ async def test_orders_open_breach_survives_restart(deployment: Deployment) -> No
 
 async def _true(value: bool) -> bool:
     return value
-

@@ -81,7 +81,9 @@ class Walker:
             if key in skip:
                 continue
             if "\x00" in key:
-                self.out.reject(self.base + "." + prefix, "metric name contains a NUL character")
+                self.out.reject(
+                    self.base + "." + prefix, "metric name contains a NUL character"
+                )
                 continue
             self.leaf(prefix + "." + key if prefix else key, value, device, ts, depth)
 
@@ -101,7 +103,9 @@ class Walker:
                 return
         elif kind is dict:
             if depth >= MAX_DEPTH:
-                out.reject(self.base + "." + name, f"nested deeper than {MAX_DEPTH} levels")
+                out.reject(
+                    self.base + "." + name, f"nested deeper than {MAX_DEPTH} levels"
+                )
                 return
             self._object(value, name, device, ts, depth + 1)
             return
@@ -113,7 +117,9 @@ class Walker:
             out.reject(self.base + "." + name, "null is not a value")
             return
         else:
-            out.reject(self.base + "." + name, f"unsupported value type {kind.__name__}")
+            out.reject(
+                self.base + "." + name, f"unsupported value type {kind.__name__}"
+            )
             return
         if len(name) > MAX_NAME:
             out.reject(self.base + "." + name[:64] + "...", "metric name too long")

@@ -104,9 +104,7 @@ class JsonCodec:
         if not out.readings and not out.rejects:
             raise DecodeError("no readings in payload", "$")
 
-    def _gateway(
-        self, doc: Any, origin: Origin, walker: Walker, out: Decoded
-    ) -> None:
+    def _gateway(self, doc: Any, origin: Origin, walker: Walker, out: Decoded) -> None:
         if type(doc) is not dict:
             raise DecodeError("expected an object keyed by device name", "$")
         for device, docs in doc.items():

@@ -90,8 +90,20 @@ def resolve(
             for key in record:
                 if type(key) is str and key.endswith("_"):
                     raise DecodeError(f"mandatory field {key!r} not understood", path)
-            _record(record, path, bn, bt, bu, bv, bs, origin, out, window,
-                    metric_rule, format)
+            _record(
+                record,
+                path,
+                bn,
+                bt,
+                bu,
+                bv,
+                bs,
+                origin,
+                out,
+                window,
+                metric_rule,
+                format,
+            )
         except DecodeError as exc:
             out.reject(exc.path, exc.reason)
 
@@ -155,8 +167,17 @@ def _record(
     if has_sum:
         total = float(_number(record["s"], f"{path}.s") + bs)
         readings.append(
-            Reading(device, metric + ".sum", ts, total, None, unit, received,
-                    transport, format)
+            Reading(
+                device,
+                metric + ".sum",
+                ts,
+                total,
+                None,
+                unit,
+                received,
+                transport,
+                format,
+            )
         )
 
 

@@ -85,7 +85,9 @@ class Dispatcher:
     async def load(self, conn: asyncpg.Connection) -> None:
         """Read the rules, and the breaches still open, from the database."""
         rules: dict[str, list[Rule]] = {}
-        query = "SELECT id, metric, op, threshold, kind FROM ingestd.rules WHERE enabled"
+        query = (
+            "SELECT id, metric, op, threshold, kind FROM ingestd.rules WHERE enabled"
+        )
         for row in await conn.fetch(query):
             rules.setdefault(row["metric"], []).append(Rule(*row))
         self.rules = rules
@@ -171,7 +173,7 @@ class Dispatcher:
         effects = self.evaluate(readings)
         if not effects:
             return
-        columns = [list(c) for c in zip(*effects)]
+        columns = [list(c) for c in zip(*effects, strict=True)]
         delay = 0.1
         while True:
             try:

@@ -306,7 +306,9 @@ class Batcher:
                 if isinstance(exc, RETRYABLE):
                     raise
                 raw = orjson.dumps(list(row), default=repr)
-                refused.append((now, row[10], "flush", None, f"refused: {exc}", None, raw))
+                refused.append(
+                    (now, row[10], "flush", None, f"refused: {exc}", None, raw)
+                )
         if refused:
             await writer.write(conn, [], {}, refused)
 

@@ -117,7 +117,9 @@ def _answer_stored(token: tuple[Request, Decoded]) -> None:
     request, decoded = token
     body = {"stored": len(decoded.readings)}
     if decoded.rejects:
-        body["rejected"] = [{"path": r.path, "reason": r.reason} for r in decoded.rejects]
+        body["rejected"] = [
+            {"path": r.path, "reason": r.reason} for r in decoded.rejects
+        ]
     request.answer(202, orjson.dumps(body))
 
 

@@ -29,7 +29,7 @@ import os
 from typing import Any
 
 import gmqtt
-from gmqtt.mqtt.constants import MQTTv50, MQTTv311, UNLIMITED_RECONNECTS
+from gmqtt.mqtt.constants import UNLIMITED_RECONNECTS, MQTTv50, MQTTv311
 
 from .. import clock, log, metrics
 from ..codecs import catalog
