@@ -39,7 +39,7 @@ class DecodeError(IngestError, ValueError):
 class PayloadTooLarge(DecodeError):
     http_status = 413
     coap_code = "4.13"
-    mqtt_reason = 0x95  # packet too large
+    mqtt_reason = 0x83  # implementation specific: PUBACK has no "too large"
 
 
 class UnsupportedFormat(DecodeError):

@@ -58,8 +58,10 @@ async def test_mqtt_bad_payload_is_a_dead_letter_and_stream_goes_on(
     pub.publish("devices/m-bad/telemetry", b'{"t": NaN}')
     pub.publish("devices/m-bad/telemetry", b"\xff\xfe")
     pub.publish("devices/m-bad/senml", b'[{"n": "x", "v": "warm"}]')
+    pub.publish("devices/m-bad/telemetry", b'{"t": Infinity}')
+    pub.publish("devices/m-bad/telemetry", b'{"t": "' + b"x" * 300_000 + b'"}')
     pub.publish("devices/m-bad/telemetry", b'{"ok": 1}')
-    await pub.wait_acked(4)
+    await pub.wait_acked(6)
     await pub.close()
 
     async def kept() -> Any:
@@ -67,7 +69,7 @@ async def test_mqtt_bad_payload_is_a_dead_letter_and_stream_goes_on(
             "SELECT reason FROM ingestd.dead_letters WHERE device_id = 'm-bad' "
             "ORDER BY id"
         )
-        return rows if len(rows) == 3 else None
+        return rows if len(rows) == 5 else None
 
     rows = await wait_for(kept)
     assert rows is not None
@@ -75,6 +77,8 @@ async def test_mqtt_bad_payload_is_a_dead_letter_and_stream_goes_on(
     assert reasons[0].startswith("invalid JSON") and reasons[0].endswith("`byte 6`")
     assert reasons[1].startswith("invalid JSON")
     assert reasons[2].startswith("expected a number, got str - at `$[0].v`")
+    assert reasons[3].startswith("invalid JSON") and reasons[3].endswith("`byte 6`")
+    assert reasons[4] == "payload over 262144 bytes - at `byte 0`"
     assert (
         await deployment.fetchval(
             "SELECT count(*) FROM ingestd.readings WHERE device_id = 'm-bad'"

@@ -35,7 +35,7 @@ from .. import clock, log, metrics
 from ..codecs import catalog
 from ..codecs.base import Codec, Decoded
 from ..config import Mqtt
-from ..errors import DecodeError
+from ..errors import IngestError, NoRoute, PayloadTooLarge
 from ..model import Origin
 from ..pipeline.batcher import Batcher
 from .routes import TopicRoutes
@@ -153,30 +153,33 @@ class MqttSubscriber:
         if type(topic) is not str:  # gmqtt passes undecodable topics as bytes
             topic = topic.decode("utf-8", "replace")
         origin = Origin(None, "mqtt", clock.now_us(), topic)
-        if len(topic) > self.config.max_topic_bytes:
-            batcher.dead_letter(origin, payload, "topic too long", ack)
-        elif len(payload) > self.config.max_payload_bytes:
-            batcher.dead_letter(origin, payload, "payload too large", ack)
+        decoded = Decoded()
+        try:
+            self._decode(topic, payload, origin, decoded)
+        except IngestError as exc:
+            if ack is not None:  # MQTT 5 says why in the PUBACK
+                ack = (self._acknowledge, (*ack[1], exc))
+            batcher.dead_letter(origin, payload, str(exc), ack)
+        except Exception as exc:  # a codec bug must not kill the stream
+            log.mqtt.exception("decoding a message on %s failed", topic)
+            batcher.dead_letter(origin, payload, f"internal error: {exc}", ack)
         else:
-            route = self.routes.match(topic)
-            if route is None:
-                batcher.dead_letter(origin, payload, "no route for topic", ack)
-            else:
-                codec, origin.device = route
-                decoded = Decoded()
-                try:
-                    codec.decode(payload, origin, decoded)
-                except DecodeError as exc:
-                    if ack is not None:
-                        ack = (self._acknowledge, (ack[1][0], ack[1][1], exc))
-                    batcher.dead_letter(origin, payload, str(exc), ack)
-                except Exception as exc:  # a codec bug must not kill the stream
-                    log.mqtt.exception("codec %s failed on %s", codec.name, topic)
-                    batcher.dead_letter(origin, payload, f"internal error: {exc}", ack)
-                else:
-                    batcher.submit(origin, decoded, payload, ack)
+            batcher.submit(origin, decoded, payload, ack)
         if batcher.full and not self._paused:
             self._pause()
+
+    def _decode(self, topic: str, payload: bytes, origin: Origin, out: Decoded) -> None:
+        if len(topic) > self.config.max_topic_bytes:
+            raise NoRoute("topic too long", "topic")
+        route = self.routes.match(topic)
+        if route is None:
+            raise NoRoute("no route for topic", "topic")
+        codec, origin.device = route
+        if len(payload) > self.config.max_payload_bytes:
+            raise PayloadTooLarge(
+                f"payload over {self.config.max_payload_bytes} bytes", "byte 0"
+            )
+        codec.decode(payload, origin, out)
 
     def _acknowledge(self, token: tuple[Any, ...]) -> None:
         if token[0] != self._generation:
