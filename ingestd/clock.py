@@ -8,7 +8,7 @@ the reason rather than clamped: a wrong clock must be visible.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from .errors import DecodeError
 
@@ -63,7 +63,10 @@ def from_number(value: float | int, unit: str, path: str) -> int:
     if isinstance(value, int):
         # Integers stay exact: nanoseconds since 1970 exceed a double's 2**53.
         return value // 1000 if unit == "ns" else value * int(UNIT_SCALE[unit])
-    return round(value * UNIT_SCALE[unit])
+    scaled = value * UNIT_SCALE[unit]
+    if not -(2.0**62) < scaled < 2.0**62:  # beyond any datetime, even as µs
+        raise DecodeError(f"timestamp {value!r} out of plausible range", path)
+    return round(scaled)
 
 
 def from_text(text: str, path: str) -> int:
@@ -101,7 +104,7 @@ def parse(value: object, unit: str, path: str) -> int:
 def format_us(ts: int) -> str:
     """µs to ISO 8601 text, for messages; years past 9999 are spelled out."""
     try:
-        moment = datetime.fromtimestamp(ts / US_PER_S, tz=timezone.utc)
-    except (OverflowError, OSError, ValueError):
-        return f"{ts / US_PER_S / 31_556_952 + 1970:.0f}-??"
+        moment = _EPOCH + timedelta(microseconds=ts)
+    except OverflowError:
+        return f"year {ts // (31_556_952 * US_PER_S) + 1970}"
     return moment.isoformat().replace("+00:00", "Z")

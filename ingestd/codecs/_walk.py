@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from ..clock import Window, parse
 from ..errors import DecodeError
 from ..model import Reading
@@ -80,12 +78,12 @@ class Walker:
         for key, value in node.items():
             if key in skip:
                 continue
-            if "\x00" in key:
-                self.out.reject(
-                    self.base + "." + prefix, "metric name contains a NUL character"
-                )
+            name = prefix + "." + key if prefix else key
+            if not key or "\x00" in key:
+                where = self.base + "." + (name.replace("\x00", "\\0") or '""')
+                self.out.reject(where, "metric name empty or with a NUL character")
                 continue
-            self.leaf(prefix + "." + key if prefix else key, value, device, ts, depth)
+            self.leaf(name, value, device, ts, depth)
 
     def leaf(self, name: str, value: Any, device: str, ts: int, depth: int) -> None:
         """Emit ``value`` as metric ``name``, or descend if it is an object."""
@@ -110,7 +108,7 @@ class Walker:
             self._object(value, name, device, ts, depth + 1)
             return
         elif kind is list:
-            if b"\\u0000" in orjson.dumps(value):
+            if nul_inside(value):
                 out.reject(self.base + "." + name, "text contains a NUL character")
                 return
         elif value is None:
@@ -153,8 +151,23 @@ class Walker:
                         self.out.reject(exc.path, exc.reason)
                         return
                     self.leaf(name, node[self.value_key], device, ts, depth)
+                    if len(node) > 2:  # siblings: readings at the same time
+                        beside = frozenset((self.value_key, time_key))
+                        self.leaves(node, name, device, ts, beside, depth)
                     return
         self.leaves(node, name, device, ts, _NOTHING, depth)
 
 
 _NOTHING: frozenset[str] = frozenset()
+
+
+def nul_inside(value: Any) -> bool:
+    """Whether a JSON array or object holds a NUL in any text or key."""
+    kind = type(value)
+    if kind is str:
+        return "\x00" in value
+    if kind is list:
+        return any(nul_inside(item) for item in value)
+    if kind is dict:
+        return any("\x00" in k or nul_inside(v) for k, v in value.items())
+    return False

@@ -34,7 +34,7 @@ if os.environ.get("INGESTD_NO_EXTENSIONS") == "1":
     from ._walk import Walker
 else:
     try:
-        from ._walk_ext import Walker  # type: ignore[no-redef]
+        from ._walk_ext import Walker  # type: ignore[assignment]
     except ImportError:  # not built: the pure twin has the same behaviour
         from ._walk import Walker
 

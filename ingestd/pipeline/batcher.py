@@ -159,7 +159,9 @@ class Batcher:
             )
         )
 
-    def dead_letter(self, origin: Origin, raw: bytes, reason: str, ack: Ack | None):
+    def dead_letter(
+        self, origin: Origin, raw: bytes, reason: str, ack: Ack | None
+    ) -> None:
         """A whole message that could not be used: keep it, then ack it."""
         self.add_dead(origin, None, raw, reason)
         batch = self._batch
