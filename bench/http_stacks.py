@@ -35,8 +35,7 @@ from aiohttp import web
 from ingestd import clock
 from ingestd.codecs import catalog
 from ingestd.codecs.base import Codec, Decoded
-from ingestd.codecs.json import JsonOptions
-from ingestd.codecs.senml import SenmlOptions
+from ingestd.config import Http
 from ingestd.errors import DecodeError
 from ingestd.model import Origin
 from ingestd.transports import http1
@@ -55,22 +54,20 @@ class Telemetry:
     def __init__(self) -> None:
         window = clock.Window()
         self.codecs: dict[str, Codec] = {
-            name: catalog.build(name, JsonOptions(), SenmlOptions(), window)
-            for name in ("json", "senml")
+            r.content_type: catalog.build(r.codec, r.options, window)
+            for r in Http().routes
         }
 
     def accept(
         self, device: str, media: str, body: bytes, peer: str
     ) -> tuple[int, bytes]:
         """Decode ``body`` for ``device``; the status and body to answer."""
-        name = catalog.CONTENT_TYPES.get(media)
-        if name is None:
+        codec = self.codecs.get(media)
+        if codec is None:
             return 415, orjson.dumps({"error": f"unsupported type {media!r}"})
         decoded = Decoded()
         try:
-            self.codecs[name].decode(
-                body, Origin(device, "http", clock.now_us(), peer), decoded
-            )
+            codec.decode(body, Origin(device, "http", clock.now_us(), peer), decoded)
         except DecodeError as exc:
             return exc.http_status, orjson.dumps({"error": str(exc)})
         return 202, orjson.dumps({"stored": len(decoded.readings)})

@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
-from .codecs.json import JsonOptions
-from .codecs.senml import SenmlOptions
+from .codecs import catalog
 from .errors import ConfigError
 
 
@@ -49,9 +48,16 @@ class Route(_Section):
     """
 
     topic: str
-    codec: Literal["json", "senml"] = "json"
-    json: JsonOptions = msgspec.field(default_factory=JsonOptions)
-    senml: SenmlOptions = msgspec.field(default_factory=SenmlOptions)
+    codec: str = "json"
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class HttpRoute(_Section):
+    """Which codec reads a request body of this Content-Type."""
+
+    content_type: str
+    codec: str = "json"
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class Mqtt(_Section):
@@ -83,8 +89,14 @@ class Http(_Section):
     max_body_bytes: int = 1024 * 1024
     max_header_bytes: int = 16 * 1024
     idle_timeout_s: float = 60.0
-    json: JsonOptions = msgspec.field(default_factory=JsonOptions)
-    senml: SenmlOptions = msgspec.field(default_factory=SenmlOptions)
+    routes: list[HttpRoute] = msgspec.field(
+        default_factory=lambda: [
+            HttpRoute(content_type="application/json", codec="json"),
+            HttpRoute(content_type="text/json", codec="json"),
+            HttpRoute(content_type="application/senml+json", codec="senml"),
+            HttpRoute(content_type="application/sensml+json", codec="senml"),
+        ]
+    )
 
 
 class Admin(_Section):
@@ -150,8 +162,18 @@ def _check(config: Config, name: str) -> None:
     for i, route in enumerate(config.mqtt.routes):
         if route.topic.count("{device}") > 1:
             raise ConfigError(f"{name}: mqtt.routes[{i}].topic: one {{device}} only")
+        _check_codec(name, f"mqtt.routes[{i}]", route.codec, route.options)
+    for i, hroute in enumerate(config.http.routes):
+        _check_codec(name, f"http.routes[{i}]", hroute.codec, hroute.options)
     if config.database.pool_size < 2:
         raise ConfigError(f"{name}: database.pool_size must be at least 2")
+
+
+def _check_codec(name: str, where: str, codec: str, options: dict[str, Any]) -> None:
+    try:
+        catalog.options(codec, options, where)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
 
 
 def state_dir(config: Config) -> Path:

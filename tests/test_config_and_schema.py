@@ -33,9 +33,12 @@ def test_config_empty_file_gives_working_defaults(tmp_path: Path) -> None:
         ("[pipeline]\nflush_rows = 'many'\n", "Expected `int`, got `str` - at "
          "`pipeline.flush_rows`"),
         ("[[mqtt.routes]]\ntopic = 'a/{device}'\ncodec = 'xml'\n",
-         "Invalid enum value 'xml' - at `mqtt.routes[0].codec`"),
-        ("[[mqtt.routes]]\ntopic = 'a/{device}'\n[mqtt.routes.json]\nroots = 'x'\n",
-         "unknown field `roots` - at `mqtt.routes[0].json`"),
+         "mqtt.routes[0].codec: unknown codec 'xml' (known: json, senml)"),
+        ("[[mqtt.routes]]\ntopic = 'a/{device}'\n[mqtt.routes.options]\nroots = 'x'\n",
+         "unknown field `roots` - at `mqtt.routes[0].options`"),
+        ("[[mqtt.routes]]\ntopic = 'a/{device}'\n[mqtt.routes.options]\n"
+         "time_unit = 'days'\n",
+         "Invalid enum value 'days' - at `mqtt.routes[0].options.time_unit`"),
         ("[pipeline]\nflush_rows = 10\nring_capacity = 5\n",
          "ring_capacity must be at least pipeline.flush_rows"),
         ("[mqtt\n", "Expected ']'"),

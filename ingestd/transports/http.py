@@ -45,8 +45,8 @@ class TelemetryEndpoint:
         self.batcher = batcher
         self.retry_after = b"Retry-After: 1\r\n"
         self.codecs: dict[str, Codec] = {
-            name: catalog.build(name, config.json, config.senml, window)
-            for name in ("json", "senml")
+            r.content_type.lower(): catalog.build(r.codec, r.options, window)
+            for r in config.routes
         }
         self.requests = 0
 
@@ -76,13 +76,13 @@ class TelemetryEndpoint:
 
         content_type = request.headers.get(b"content-type", b"application/json")
         media = content_type.split(b";", 1)[0].strip().decode("latin-1").lower()
-        name = catalog.CONTENT_TYPES.get(media)
-        if name is None:
+        codec = self.codecs.get(media)
+        if codec is None:
             self._refuse(request, origin, body, 415, f"unsupported type {media!r}")
             return
         decoded = Decoded()
         try:
-            self.codecs[name].decode(body, origin, decoded)
+            codec.decode(body, origin, decoded)
         except DecodeError as exc:
             self._refuse(request, origin, body, exc.http_status, str(exc), exc.path)
             return

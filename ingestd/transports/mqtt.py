@@ -51,7 +51,7 @@ class MqttSubscriber:
         self.batcher = batcher
         self.routes: TopicRoutes[Codec] = TopicRoutes(
             [
-                (r.topic, catalog.build(r.codec, r.json, r.senml, window))
+                (r.topic, catalog.build(r.codec, r.options, window))
                 for r in config.routes
             ]
         )
