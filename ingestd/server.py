@@ -17,6 +17,7 @@ from . import clock, log, metrics
 from .admin import AdminEndpoint
 from .config import Config, state_dir
 from .orders.dispatcher import Dispatcher
+from .pipeline.aliases import Aliases
 from .pipeline.batcher import Batcher
 from .pipeline.bindings import Bindings
 from .storage import database
@@ -62,18 +63,22 @@ class Server:
             p.plausible_future_s,
         )
         bindings = Bindings()
+        aliases = Aliases()
         self.dispatcher = Dispatcher(self.pool, cfg.orders.dispatcher_ring)
         async with self.pool.acquire() as c:
             await bindings.refresh(c)
+            await aliases.refresh(c)
             await self.dispatcher.load(c)
         self.batcher = Batcher(
             self.pool, p.flush_rows, p.flush_interval_ms, p.ring_capacity,
             bindings, self.dispatcher.offer if cfg.orders.enabled else None,
+            aliases,
         )  # fmt: skip
         self.batcher.start()
         self.dispatcher.start()
         self._every(cfg.orders.bindings_refresh_s, lambda c: bindings.refresh(c))
         self._every(cfg.orders.rules_refresh_s, self.dispatcher.load)
+        self._every(cfg.orders.bindings_refresh_s, aliases.refresh)
         timeout = p.heartbeat_timeout_s
         self._every(max(1.0, timeout / 4), lambda c: c.execute(OFFLINE, float(timeout)))
 

@@ -11,18 +11,24 @@ MAX_NAME = 256  # longest device id or metric name accepted, in characters
 
 
 class Decoded:
-    """What one message became: readings, rejects, and device attributes.
+    """What one message became: readings, rejects, and registry facts.
 
-    ``firmware`` maps a device to the firmware version its payload
-    reported; the registry records it on the next flush.
+    ``firmware`` maps a device to the firmware version its payload reported.
+    ``offline`` lists devices the message says are gone (a Sparkplug death
+    certificate). ``aliases`` lists ``(namespace, external id, device)``: the
+    payload knows a device by another id (a LoRaWAN DevEUI); the batcher
+    rewrites the readings to the canonical device when the alias table
+    already maps that id elsewhere, and records the alias when it does not.
     """
 
-    __slots__ = ("readings", "rejects", "firmware")
+    __slots__ = ("readings", "rejects", "firmware", "offline", "aliases")
 
     def __init__(self) -> None:
         self.readings: list[Reading] = []
         self.rejects: list[Reject] = []
         self.firmware: dict[str, str] = {}
+        self.offline: list[str] = []
+        self.aliases: list[tuple[str, str, str]] = []
 
     def reject(self, path: str, reason: str) -> None:
         self.rejects.append(Reject(path, reason))

@@ -30,6 +30,7 @@ from .. import log, metrics
 from ..codecs.base import Decoded
 from ..model import Origin, Reading
 from . import writer
+from .aliases import Aliases
 from .bindings import Bindings
 
 Ack = tuple[Callable[[Any], None], Any]
@@ -52,11 +53,13 @@ RETRYABLE = (
 
 
 class Batch:
-    __slots__ = ("readings", "dead", "devices", "acks", "weight")
+    __slots__ = ("readings", "dead", "devices", "acks", "weight", "offline", "aliases")
 
     def __init__(self) -> None:
         self.readings: list[Reading] = []
         self.dead: list[tuple[Any, ...]] = []
+        self.offline: set[str] = set()
+        self.aliases: list[tuple[str, str, str]] = []
         # device -> [last seen µs, firmware, {transports}, {formats}]
         self.devices: dict[str, list[Any]] = {}
         self.acks: list[Ack] = []
@@ -74,12 +77,14 @@ class Batcher:
         capacity: int,
         bindings: Bindings | None = None,
         on_commit: Callable[[list[Reading]], None] | None = None,
+        aliases: Aliases | None = None,
     ) -> None:
         self.pool = pool
         self.flush_rows = flush_rows
         self.interval = flush_interval_ms / 1000
         self.capacity = capacity
         self.bindings = bindings
+        self.aliases = aliases or Aliases()
         self.on_commit = on_commit
         self.pending = 0
         self.committed_readings = 0
@@ -107,6 +112,10 @@ class Batcher:
         batch = self._batch
         readings = decoded.readings
         received = origin.received
+        if decoded.aliases:
+            batch.aliases += self.aliases.canonical(decoded.aliases, readings)
+        if decoded.offline:
+            batch.offline.update(decoded.offline)
         if readings:
             if self.bindings is not None and self.bindings.active:
                 self.bindings.stamp(readings)
@@ -236,7 +245,10 @@ class Batcher:
             try:
                 async with self.pool.acquire() as conn:
                     try:
-                        await writer.write(conn, rows, batch.devices, batch.dead)
+                        await writer.write(
+                            conn, rows, batch.devices, batch.dead,
+                            batch.offline, batch.aliases,
+                        )  # fmt: skip
                     except asyncpg.PostgresError as exc:
                         if isinstance(exc, RETRYABLE):
                             raise
@@ -288,7 +300,9 @@ class Batcher:
         now = datetime.now(timezone.utc)
         refused: list[tuple[Any, ...]] = []
         try:
-            await writer.write(conn, [], batch.devices, [])
+            await writer.write(
+                conn, [], batch.devices, [], batch.offline, batch.aliases
+            )
         except asyncpg.PostgresError as exc:
             if isinstance(exc, RETRYABLE):
                 raise

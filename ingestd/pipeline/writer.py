@@ -59,6 +59,18 @@ ON CONFLICT (id) DO UPDATE SET
                    ORDER BY 1) END
 """
 
+# After the upsert: a death certificate wins over the heartbeat of its flush
+MARK_OFFLINE = """
+UPDATE ingestd.devices SET status = 'offline'
+WHERE id = ANY($1::text[]) AND status = 'online'
+"""
+
+RECORD_ALIASES = """
+INSERT INTO ingestd.device_aliases (namespace, external_id, device_id)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+ON CONFLICT DO NOTHING
+"""
+
 DEAD_LETTER_COLUMNS = (
     "received_at", "transport", "source", "device_id", "reason", "details",
     "payload",
@@ -90,6 +102,8 @@ async def write(
     rows: list[tuple[Any, ...]],
     devices: dict[str, list[Any]],
     dead: list[tuple[Any, ...]],
+    offline: set[str] | None = None,
+    aliases: list[tuple[str, str, str]] | None = None,
 ) -> None:
     """Write one flush in one transaction; raises if nothing was committed."""
     async with conn.transaction():
@@ -108,6 +122,10 @@ async def write(
                 [",".join(sorted(devices[i][2])) for i in ids],
                 [",".join(sorted(devices[i][3])) for i in ids],
             )
+        if offline:
+            await conn.execute(MARK_OFFLINE, sorted(offline))
+        if aliases:
+            await conn.execute(RECORD_ALIASES, *map(list, zip(*aliases, strict=True)))
         if rows:
             await conn.copy_records_to_table(
                 "reading_stage", records=rows, columns=STAGE_COLUMNS

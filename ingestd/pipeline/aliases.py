@@ -1,0 +1,41 @@
+"""One logical device behind many ids: the alias table, cached in memory.
+
+``ingestd.device_aliases`` maps (namespace, external id), e.g. ('lorawan',
+DevEUI) or ('sparkplug', 'group/node/device'), to a canonical device id. An
+operator may point an alias at any device (so a tracker known over MQTT and
+by its DevEUI is one registry row); an id seen for the first time becomes
+its own alias, recorded on the next flush.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from ..model import Reading
+
+LOAD = "SELECT namespace, external_id, device_id FROM ingestd.device_aliases"
+
+
+class Aliases:
+    def __init__(self) -> None:
+        self._table: dict[tuple[str, str], str] = {}
+
+    async def refresh(self, conn: asyncpg.Connection) -> None:
+        table = {(ns, ext): dev for ns, ext, dev in await conn.fetch(LOAD)}
+        self._table = table
+
+    def canonical(
+        self, aliases: list[tuple[str, str, str]], readings: list[Reading]
+    ) -> list[tuple[str, str, str]]:
+        """Point ``readings`` at canonical devices; return aliases to record."""
+        new: list[tuple[str, str, str]] = []
+        for namespace, external, named in aliases:
+            device = self._table.get((namespace, external))
+            if device is None:
+                self._table[(namespace, external)] = named
+                new.append((namespace, external, named))
+            elif device != named:
+                for r in readings:
+                    if r.device == named:
+                        r.device = device
+        return new
