@@ -44,12 +44,17 @@ class Route(_Section):
 
     ``topic`` is an MQTT topic pattern with named captures, e.g.
     ``devices/{device}/telemetry``; ``{device}`` becomes the transport
-    identity. A route without ``{device}`` is a shared gateway topic.
+    identity, ``{device...}`` takes the rest of the topic. A route without
+    ``{device}`` is a shared gateway topic. On MQTT 5, ``content_type`` and
+    ``user_properties`` narrow a route to messages that carry them; routes
+    are tried in order and the first that matches reads the message.
     """
 
     topic: str
     codec: str = "json"
     options: dict[str, Any] = msgspec.field(default_factory=dict)
+    content_type: str | None = None
+    user_properties: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class HttpRoute(_Section):

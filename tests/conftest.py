@@ -84,14 +84,24 @@ async def deploy(
     tmp: Path,
     extra: str = "",
     client_id: str | None = None,
+    mqtt_extra: str = "",
+    fresh: bool = True,
 ) -> Deployment:
-    """Create database ``name`` and start a server on it."""
-    dsn = await harness.create_database(pg_uri, name)
+    """Create database ``name`` (unless not ``fresh``) and start a server on it.
+
+    ``extra`` is TOML appended to the configuration; ``mqtt_extra`` goes
+    into its ``[mqtt]`` table.
+    """
+    if fresh:
+        dsn = await harness.create_database(pg_uri, name)
+    else:
+        dsn = harness.with_database(pg_uri, name)
     http_port, admin_port = harness.free_port(), harness.free_port()
     text = harness.config_text(
         dsn, broker.port, http_port, admin_port, tmp / "state",
         client_id=client_id or f"ingestd-{name}",
     ) + extra  # fmt: skip
+    text = text.replace("[mqtt]\n", "[mqtt]\n" + mqtt_extra, 1)
     server = harness.IngestdProcess(text, tmp, http_port, admin_port)
     await asyncio.to_thread(server.start)
     return Deployment(dsn, server, broker.port)

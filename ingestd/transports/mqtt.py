@@ -18,8 +18,12 @@ Push-back: the broker sends at most ``receive_maximum`` (MQTT 5) or its
 ``max_inflight_messages`` (3.1.1) unacknowledged messages; when the batcher
 is full, this subscriber also stops reading the socket until it drains.
 
+On MQTT 5, a route may ask for a content type or user properties, so one
+topic can carry several formats; the first route that takes a message reads
+it. A message that no route takes is a dead letter (reason 0x90).
+
 Left out: QoS 2 exactly-once handshakes (readings are idempotent, QoS 1 is
-enough), and MQTT 5 content-type routing (see the protocol-breadth issue).
+enough).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from gmqtt.mqtt.constants import UNLIMITED_RECONNECTS, MQTTv50, MQTTv311
 from .. import clock, log, metrics
 from ..codecs import catalog
 from ..codecs.base import Codec, Decoded
-from ..config import Mqtt
+from ..config import Mqtt, Route
 from ..errors import IngestError, NoRoute, PayloadTooLarge
 from ..model import Origin
 from ..pipeline.batcher import Batcher
@@ -49,9 +53,9 @@ class MqttSubscriber:
     def __init__(self, config: Mqtt, batcher: Batcher, window: clock.Window) -> None:
         self.config = config
         self.batcher = batcher
-        self.routes: TopicRoutes[Codec] = TopicRoutes(
+        self.routes: TopicRoutes[_Route] = TopicRoutes(
             [
-                (r.topic, catalog.build(r.codec, r.options, window))
+                (r.topic, _Route(catalog.build(r.codec, r.options, window), r))
                 for r in config.routes
             ]
         )
@@ -139,13 +143,14 @@ class MqttSubscriber:
     # -- messages -------------------------------------------------------
 
     def _on_qos0(self, client: Any, topic: str, payload: bytes, qos: int, props: Any):
-        self._handle(topic, payload, None)
+        self._handle(topic, payload, props, None)
         return 0
 
     def _on_qos1(self, mid: int, payload: bytes, topic: str, props: Any) -> None:
-        self._handle(topic, payload, (self._acknowledge, (self._generation, mid)))
+        ack = (self._acknowledge, (self._generation, mid))
+        self._handle(topic, payload, props, ack)
 
-    def _handle(self, topic: Any, payload: bytes, ack: Any) -> None:
+    def _handle(self, topic: Any, payload: bytes, props: Any, ack: Any) -> None:
         if self._holding:
             return  # unacknowledged: the broker delivers it again
         self.messages += 1
@@ -155,7 +160,7 @@ class MqttSubscriber:
         origin = Origin(None, "mqtt", clock.now_us(), topic)
         decoded = Decoded()
         try:
-            self._decode(topic, payload, origin, decoded)
+            self._decode(topic, payload, props, origin, decoded)
         except IngestError as exc:
             if ack is not None:  # MQTT 5 says why in the PUBACK
                 ack = (self._acknowledge, (*ack[1], exc))
@@ -168,13 +173,19 @@ class MqttSubscriber:
         if batcher.full and not self._paused:
             self._pause()
 
-    def _decode(self, topic: str, payload: bytes, origin: Origin, out: Decoded) -> None:
+    def _decode(
+        self, topic: str, payload: bytes, props: Any, origin: Origin, out: Decoded
+    ) -> None:
         if len(topic) > self.config.max_topic_bytes:
             raise NoRoute("topic too long", "topic")
-        route = self.routes.match(topic)
-        if route is None:
+        for route, device in self.routes.match_all(topic):
+            if route.conditional and not route.takes(props):
+                continue
+            codec = route.codec
+            origin.device = device
+            break
+        else:
             raise NoRoute("no route for topic", "topic")
-        codec, origin.device = route
         if len(payload) > self.config.max_payload_bytes:
             raise PayloadTooLarge(
                 f"payload over {self.config.max_payload_bytes} bytes", "byte 0"
@@ -211,3 +222,30 @@ class MqttSubscriber:
             return
         if transport is not None and not transport.is_closing():
             transport.resume_reading()
+
+
+class _Route:
+    """A route's codec, and the MQTT 5 properties it asks of a message."""
+
+    __slots__ = ("codec", "content_type", "user_properties", "conditional")
+
+    def __init__(self, codec: Codec, route: Route) -> None:
+        self.codec = codec
+        wanted = route.content_type
+        self.content_type = wanted.lower() if wanted else None
+        self.user_properties = route.user_properties
+        self.conditional = bool(self.content_type or self.user_properties)
+
+    def takes(self, props: Any) -> bool:
+        props = props or {}
+        if self.content_type is not None:
+            sent = props.get("content_type")
+            media = sent[0].split(";", 1)[0].strip().lower() if sent else None
+            if media != self.content_type:
+                return False
+        if self.user_properties:
+            pairs = dict(props.get("user_property") or ())
+            for key, value in self.user_properties.items():
+                if pairs.get(key) != value:
+                    return False
+        return True

@@ -1,7 +1,10 @@
 """Topic patterns with named captures, e.g. ``devices/{device}/telemetry``.
 
-A capture is one topic level (an MQTT ``+``). ``{device}`` is the
-transport identity of the message; other names are kept for codecs.
+A capture ``{name}`` is one topic level (an MQTT ``+``); ``{name...}`` is
+the rest of the topic, slashes included (an MQTT ``#``, last only), for
+Zigbee2MQTT friendly names such as ``zigbee2mqtt/hall/lamp``. ``{device}``
+is the transport identity of the message. Buses that separate levels with
+``.`` (AMQP routing keys, NATS subjects) pass their separator.
 """
 
 from __future__ import annotations
@@ -10,43 +13,60 @@ import re
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
-_CAPTURE = re.compile(r"\{(\w+)\}")
+_CAPTURE = re.compile(r"\{(\w+)(\.\.\.)?\}")
 CACHE_LIMIT = 100_000  # distinct topics remembered before the cache restarts
 
 
 class TopicRoutes(Generic[T]):
-    """Matches topics against patterns, first match wins, results cached."""
+    """Matches topics against patterns in order; results cached per topic."""
 
-    def __init__(self, patterns: list[tuple[str, T]]) -> None:
-        self._routes = [(_compile(p), target) for p, target in patterns]
-        self.filters = [_filter(p) for p, _ in patterns]
-        self._cache: dict[str, tuple[T, str | None] | None] = {}
+    def __init__(
+        self,
+        patterns: list[tuple[str, T]],
+        separator: str = "/",
+        one_level: str = "+",
+        rest: str = "#",
+    ) -> None:
+        self.separator = separator
+        self._routes = [(_compile(p, separator), target) for p, target in patterns]
+        filters = [_filter(p, one_level, rest) for p, _ in patterns]
+        self.filters = list(dict.fromkeys(filters))  # each once, in order
+        self._cache: dict[str, list[tuple[T, str | None]]] = {}
 
-    def match(self, topic: str) -> tuple[T, str | None] | None:
-        """(target, device) for ``topic``, or None if no route takes it."""
+    def match_all(self, topic: str) -> list[tuple[T, str | None]]:
+        """Every (target, device) whose pattern takes ``topic``, in order."""
         try:
             return self._cache[topic]
         except KeyError:
             pass
-        found = None
+        found = []
         for regex, target in self._routes:
             m = regex.fullmatch(topic)
             if m is not None:
-                found = (target, m.groupdict().get("device"))
-                break
+                found.append((target, m.groupdict().get("device")))
         if len(self._cache) >= CACHE_LIMIT:
             self._cache.clear()
         self._cache[topic] = found
         return found
 
+    def match(self, topic: str) -> tuple[T, str | None] | None:
+        """The first (target, device) for ``topic``, or None."""
+        found = self.match_all(topic)
+        return found[0] if found else None
 
-def _compile(pattern: str) -> re.Pattern[str]:
+
+def _compile(pattern: str, separator: str) -> re.Pattern[str]:
     parts = _CAPTURE.split(pattern)
     regex = ""
-    for i, part in enumerate(parts):
-        regex += f"(?P<{part}>[^/]+)" if i % 2 else re.escape(part)
+    level = f"[^{re.escape(separator)}]+"
+    # split() yields text, name, '...' or None, text, name, ...
+    for i in range(0, len(parts), 3):
+        regex += re.escape(parts[i])
+        if i + 1 < len(parts):
+            name, rest = parts[i + 1], parts[i + 2]
+            regex += f"(?P<{name}>.+)" if rest else f"(?P<{name}>{level})"
     return re.compile(regex)
 
 
-def _filter(pattern: str) -> str:
-    return _CAPTURE.sub("+", pattern)
+def _filter(pattern: str, one_level: str, rest: str) -> str:
+    return _CAPTURE.sub(lambda m: rest if m.group(2) else one_level, pattern)
