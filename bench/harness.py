@@ -1,8 +1,9 @@
 """Real parts for tests, benchmarks and the demo, started on this machine.
 
-- ``Mosquitto``: a private broker on a free port, with persistence on and
+- ``Mosquitto``: a private broker on a free port, with persistence on,
   queue and in-flight limits raised (Mosquitto's default drops QoS 1
-  messages silently once about 1,000 are queued for a subscriber).
+  messages silently once about 1,000 are queued for a subscriber) and
+  ``set_tcp_nodelay`` on (without it, measured: +18 ms at the median).
 - ``Amqtt``: the embedded Python broker, for the demo only, when Mosquitto
   is not installed; it speaks MQTT 3.1.1 only.
 - ``embedded_postgres``: pgserver's PostgreSQL, and a fresh database in it.
@@ -59,6 +60,7 @@ max_queued_messages 1000000
 max_queued_bytes 0
 max_inflight_messages 20000
 max_keepalive 300
+set_tcp_nodelay true
 log_dest file {data}/mosquitto.log
 log_type error
 log_type warning

@@ -84,7 +84,7 @@ class Server:
 
         if cfg.http.enabled:
             h = cfg.http
-            self.http = TelemetryEndpoint(h, self.batcher, window)
+            self.http = TelemetryEndpoint(h, self.batcher, window, p.retry_after_s)
             server, conns, sweeper = await http1.serve(
                 self.http, h.host, h.port, h.max_body_bytes, h.max_header_bytes,
                 h.idle_timeout_s, refused=self.http.refused, reuse_port=True,

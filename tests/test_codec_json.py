@@ -171,3 +171,10 @@ def test_json_firmware_is_an_attribute_not_a_reading() -> None:
 def test_json_without_device_identity_or_key_is_rejected() -> None:
     out = decode(b'{"t": 1}', device=None)
     assert out.rejects[0].reason.startswith("no device id")
+
+
+def test_json_gateway_device_names_are_checked() -> None:
+    out = decode(b'{"ok": {"t": 1}, "": {"t": 2}, "a\\u0000b": {"t": 3}}', None,
+                 layout="gateway")  # fmt: skip
+    assert [r.device for r in out.readings] == ["ok"]
+    assert [r.path for r in out.rejects] == ["$.", "$.a\\0b"]

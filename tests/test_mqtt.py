@@ -76,7 +76,7 @@ async def test_mqtt_bad_payload_is_a_dead_letter_and_stream_goes_on(
     reasons = [r["reason"] for r in rows]
     assert reasons[0].startswith("invalid JSON") and reasons[0].endswith("`byte 6`")
     assert reasons[1].startswith("invalid JSON")
-    assert reasons[2].startswith("expected a number, got str - at `$[0].v`")
+    assert reasons[2].startswith("expected a number, got string - at `$[0].v`")
     assert reasons[3].startswith("invalid JSON") and reasons[3].endswith("`byte 6`")
     assert reasons[4] == "payload over 262144 bytes - at `byte 0`"
     assert (

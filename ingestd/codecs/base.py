@@ -44,6 +44,15 @@ class Codec(Protocol):
         ...
 
 
+def json_type(value: object) -> str:
+    """The JSON name of a decoded value's type, for messages to devices."""
+    if value is None:
+        return "null"
+    names = {str: "string", bool: "boolean", int: "number", float: "number",
+             list: "array", dict: "object", bytes: "bytes"}  # fmt: skip
+    return names.get(type(value), type(value).__name__)
+
+
 def check_text(text: str, what: str) -> str | None:
     """Why ``text`` cannot be stored as a name or value, or None if it can."""
     if "\x00" in text:

@@ -28,7 +28,7 @@ import orjson
 from .. import clock
 from ..errors import DecodeError
 from ..model import Origin
-from .base import MAX_NAME, Decoded
+from .base import MAX_NAME, Decoded, json_type
 
 if os.environ.get("INGESTD_NO_EXTENSIONS") == "1":
     from ._walk import Walker
@@ -108,6 +108,10 @@ class JsonCodec:
         if type(doc) is not dict:
             raise DecodeError("expected an object keyed by device name", "$")
         for device, docs in doc.items():
+            if not device or "\x00" in device or len(device) > MAX_NAME:
+                shown = device[:64].replace("\x00", "\\0")
+                out.reject(f"$.{shown}", "device name empty, too long or with NUL")
+                continue
             self._documents(docs, f"$.{device}", device, origin, walker, out, 0)
 
     def _documents(
@@ -131,7 +135,7 @@ class JsonCodec:
         elif type(doc) is dict:
             self._document(doc, path, device, origin, walker, out)
         else:
-            out.reject(path, f"expected an object, got {_json_type(doc)}")
+            out.reject(path, f"expected an object, got {json_type(doc)}")
 
     def _document(
         self,
@@ -193,8 +197,3 @@ class JsonCodec:
             walker.leaves(values, "", device, ts, frozenset(), 0)
         else:
             walker.leaves(node, "", device, ts, self._skip, 0)
-
-
-def _json_type(value: Any) -> str:
-    names = {str: "string", bool: "boolean", int: "number", float: "number"}
-    return names.get(type(value), "null" if value is None else type(value).__name__)

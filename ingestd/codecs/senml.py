@@ -28,7 +28,7 @@ import orjson
 from .. import clock
 from ..errors import DecodeError
 from ..model import Origin, Reading
-from .base import MAX_NAME, Decoded
+from .base import MAX_NAME, Decoded, json_type
 
 RELATIVE_LIMIT = 2**28  # sec. 4.5.3: smaller resolved times are relative
 _NUMBER = (int, float)
@@ -207,13 +207,13 @@ def _names(
 
 def _number(value: Any, path: str) -> float:
     if type(value) not in _NUMBER:
-        raise DecodeError(f"expected a number, got {type(value).__name__}", path)
+        raise DecodeError(f"expected a number, got {json_type(value)}", path)
     return value  # type: ignore[no-any-return]
 
 
 def _text(value: Any, path: str) -> str:
     if type(value) is not str:
-        raise DecodeError(f"expected a string, got {type(value).__name__}", path)
+        raise DecodeError(f"expected a string, got {json_type(value)}", path)
     if "\x00" in value:
         raise DecodeError("text contains a NUL character", path)
     return value

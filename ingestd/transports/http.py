@@ -40,10 +40,16 @@ KEPT_OF_REFUSED = 4096  # bytes of an oversized body kept as its dead letter
 class TelemetryEndpoint:
     """Turns requests into submissions; answers from the batcher's acks."""
 
-    def __init__(self, config: Http, batcher: Batcher, window: clock.Window) -> None:
+    def __init__(
+        self,
+        config: Http,
+        batcher: Batcher,
+        window: clock.Window,
+        retry_after_s: int = 1,
+    ) -> None:
         self.config = config
         self.batcher = batcher
-        self.retry_after = b"Retry-After: 1\r\n"
+        self.retry_after = b"Retry-After: %d\r\n" % retry_after_s
         self.codecs: dict[str, Codec] = {
             r.content_type.lower(): catalog.build(r.codec, r.options, window)
             for r in config.routes
