@@ -87,7 +87,8 @@ class Server:
             self.http = TelemetryEndpoint(h, self.batcher, window, p.retry_after_s)
             server, conns, sweeper = await http1.serve(
                 self.http, h.host, h.port, h.max_body_bytes, h.max_header_bytes,
-                h.idle_timeout_s, refused=self.http.refused, reuse_port=True,
+                h.idle_timeout_s, refused=self.http.refused,
+                upgrade=self.http.upgrade, reuse_port=True,
             )  # fmt: skip
             self._servers.append(server)
             self._connections.append(conns)

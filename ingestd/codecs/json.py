@@ -85,6 +85,16 @@ class JsonCodec:
         except orjson.JSONDecodeError as exc:
             reason = str(exc).split(":", 1)[0]
             raise DecodeError(f"invalid JSON: {reason}", f"byte {exc.pos}") from None
+        self.decode_document(doc, origin, out)
+
+    def decode_document(self, doc: Any, origin: Origin, out: Decoded) -> None:
+        """Fill ``out`` from a document already decoded to JSON's types.
+
+        For formats that carry the same documents in another encoding
+        (MessagePack): ``doc`` holds only dicts with text keys, lists, text,
+        numbers, booleans and None. Raises ``DecodeError`` when nothing in
+        it could be used and ``out`` is still empty.
+        """
         walker = Walker(
             out,
             origin.received,

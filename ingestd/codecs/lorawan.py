@@ -172,7 +172,13 @@ class _NetworkServer:
             self._leaf(name, value, where, up, origin, out)
 
     def _leaf(
-        self, name: str, value: Any, where: str, up: Uplink, origin: Origin, out: Decoded
+        self,
+        name: str,
+        value: Any,
+        where: str,
+        up: Uplink,
+        origin: Origin,
+        out: Decoded,
     ) -> None:
         unit = self.options.units.get(name)
         kind = type(value)
@@ -192,7 +198,7 @@ class _NetworkServer:
             out.reject(where, f"{json_type(value)} is not a value")
             return
         if len(name) > MAX_NAME:
-            out.reject(where[:80] + "...", "metric name too long")
+            out.reject(where, "metric name too long")
             return
         out.readings.append(
             Reading(
@@ -296,7 +302,9 @@ class TtnCodec(_NetworkServer):
 
         # When: the network server's receipt
         if "received_at" in message:
-            ts = self._time(message["received_at"], f"{at}.received_at", origin.received)
+            ts = self._time(
+                message["received_at"], f"{at}.received_at", origin.received
+            )
         elif "received_at" in doc:
             ts = self._time(doc["received_at"], f"{path}.received_at", origin.received)
         else:

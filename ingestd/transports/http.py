@@ -13,8 +13,9 @@ that makes it true:
 - 503 with Retry-After while the buffers are full; nothing is kept, the
   sender retries.
 
-Left out here: TLS and client certificates (the security issue), and
-WebSocket (the protocol-breadth issue).
+``GET /v1/ws?device=<id>`` upgrades to a WebSocket (``websocket``).
+
+Left out here: TLS and client certificates (the security issue).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from ..config import Http
 from ..errors import DecodeError, IngestError
 from ..model import Origin
 from ..pipeline.batcher import Batcher
-from .http1 import Request
+from . import websocket
+from .http1 import HttpConnection, Request
 
 PREFIX = b"/v1/devices/"
 SUFFIX = b"/telemetry"
@@ -94,6 +96,25 @@ class TelemetryEndpoint:
             return
         answer = _answer_stored if decoded.readings else _answer_rejected
         self.batcher.submit(origin, decoded, body, (answer, (request, decoded)))
+
+    def upgrade(self, conn: HttpConnection, request: Request, rest: bytes) -> None:
+        """``GET /v1/ws``: hand the connection to a WebSocket session."""
+        checked = websocket.handshake(request, self.codecs)
+        if isinstance(checked[0], int):
+            conn.keep_alive = False
+            conn.requeue(request)
+            request.answer(checked[0], checked[1])  # type: ignore[arg-type]
+            return
+        device, codec, reply = checked
+        conn.transport.write(reply)  # type: ignore[union-attr]
+        session = websocket.WebSocketSession(
+            conn,
+            device,
+            codec,
+            self.batcher,
+            self.config.max_body_bytes,  # type: ignore[arg-type]
+        )
+        session.start(conn, rest)
 
     def refused(self, request: Request, status: int, reason: str) -> None:
         """A request the connection cut short (too large): keep what came."""

@@ -29,7 +29,7 @@ LINGER_S = 2.0  # how long a refused connection's remaining bytes are drained
 class Request:
     """One parsed request and its place in its connection's answer order."""
 
-    __slots__ = ("method", "url", "headers", "body", "conn", "answered")
+    __slots__ = ("method", "url", "headers", "body", "conn", "answered", "upgrade")
 
     def __init__(self, conn: HttpConnection, method: str, url: bytes) -> None:
         self.conn = conn
@@ -38,6 +38,7 @@ class Request:
         self.headers: dict[bytes, bytes] = {}
         self.body: list[bytes] = []
         self.answered: bytes | None = None
+        self.upgrade = False
 
     @property
     def peer(self) -> str:
@@ -79,9 +80,12 @@ class HttpConnection(asyncio.Protocol):
         max_header: int,
         connections: set[HttpConnection],
         refused: Callable[[Request, int, str], None] | None = None,
+        upgrade: Callable[[HttpConnection, Request, bytes], None] | None = None,
     ) -> None:
         self.handle = handle
         self.refused = refused
+        self.upgrade = upgrade
+        self._upgrading: Request | None = None
         self.max_body = max_body
         self.max_header = max_header
         self.connections = connections
@@ -115,8 +119,21 @@ class HttpConnection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(400, b"upgrade not supported here")
+        except httptools.HttpParserUpgrade as upgrade:
+            request, self._upgrading = self._upgrading, None
+            if request is None:
+                self._fail(400, b"upgrade not supported here")
+            elif self.upgrade is None or len(self._queue) != 1:
+                self.keep_alive = False
+                request.answer(400, b'{"error": "upgrade not supported here"}')
+            else:
+                self._queue.clear()
+                try:
+                    self.upgrade(self, request, data[upgrade.args[0] :])
+                except Exception:
+                    log.http.exception("upgrade failed for %s", self.peer)
+                    if self.transport is not None:
+                        self.transport.close()
         except httptools.HttpParserError as exc:
             # httptools wraps what a callback raised; a limit shows through
             limit = exc.__context__
@@ -151,6 +168,7 @@ class HttpConnection(asyncio.Protocol):
         request.method = self.parser.get_method().decode("ascii", "replace")
         request.url = self._url
         self.keep_alive = self.parser.should_keep_alive()
+        request.upgrade = self.parser.should_upgrade()
         self._queue.append(request)
         length = request.headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
@@ -166,6 +184,9 @@ class HttpConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         request, self._request = self._request, None
         if request is None:
+            return
+        if request.upgrade:  # answered when the parser stops at the upgrade
+            self._upgrading = request
             return
         try:
             self.handle(request)
@@ -212,6 +233,11 @@ class HttpConnection(asyncio.Protocol):
             else:
                 transport.close()
 
+    def requeue(self, request: Request) -> None:
+        """Put back a request taken off the queue (a refused upgrade)."""
+        if request not in self._queue:
+            self._queue.append(request)
+
     def close_if_idle(self, now: float, idle: float) -> None:
         if now - self.last_active > idle and self.transport is not None:
             self.transport.close()
@@ -234,13 +260,16 @@ async def serve(
     max_header: int,
     idle_timeout: float,
     refused: Callable[[Request, int, str], None] | None = None,
+    upgrade: Callable[[HttpConnection, Request, bytes], None] | None = None,
     reuse_port: bool = False,
 ) -> tuple[asyncio.Server, set[HttpConnection], asyncio.Task[None]]:
     """Listen; returns the server, its live connections and the idle sweeper."""
     loop = asyncio.get_running_loop()
     connections: set[HttpConnection] = set()
     server = await loop.create_server(
-        lambda: HttpConnection(handle, max_body, max_header, connections, refused),
+        lambda: HttpConnection(
+            handle, max_body, max_header, connections, refused, upgrade
+        ),
         host, port, reuse_port=reuse_port or None, backlog=4096,
     )  # fmt: skip
 
