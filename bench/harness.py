@@ -228,11 +228,13 @@ class IngestdProcess:
 def config_text(dsn: str, broker_port: int, http_port: int, admin_port: int,
                 state_dir: Path, extra: str = "", mqtt_version: int = 5,
                 client_id: str = "ingestd",
-                pipeline: dict[str, float] | None = None) -> str:  # fmt: skip
+                pipeline: dict[str, float] | None = None,
+                coap_port: int | None = None) -> str:  # fmt: skip
     """A configuration for one test or demo server.
 
     ``pipeline`` overrides keys of the ``[pipeline]`` section, e.g.
-    ``{"flush_rows": 500, "ring_capacity": 20000}`` for a benchmark.
+    ``{"flush_rows": 500, "ring_capacity": 20000}`` for a benchmark. CoAP
+    listens on ``coap_port`` (UDP and TCP), a free port when not given.
     """
     settings: dict[str, float] = {
         "flush_rows": 2000, "flush_interval_ms": 20, "heartbeat_timeout_s": 30,
@@ -256,6 +258,9 @@ version = {mqtt_version}
 
 [http]
 port = {http_port}
+
+[coap]
+port = {coap_port or free_port()}
 
 [admin]
 port = {admin_port}

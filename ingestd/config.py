@@ -104,6 +104,35 @@ class Http(_Section):
     )
 
 
+# CoAP Content-Formats from the IANA registry
+JSON, SENML_JSON, SENML_CBOR = 50, 110, 112
+
+
+class CoapRoute(_Section):
+    """Which codec reads a CoAP payload of this Content-Format."""
+
+    content_format: int
+    codec: str = "json"
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Coap(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 5683  # UDP, and TCP (RFC 8323) on the same number
+    transports: list[Literal["udp", "tcp"]] = msgspec.field(
+        default_factory=lambda: ["udp", "tcp"]
+    )
+    max_payload_bytes: int = 64 * 1024
+    retry_after_s: int = 1
+    routes: list[CoapRoute] = msgspec.field(
+        default_factory=lambda: [
+            CoapRoute(content_format=JSON, codec="json"),
+            CoapRoute(content_format=SENML_JSON, codec="senml"),
+        ]
+    )
+
+
 class Admin(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -122,6 +151,7 @@ class Config(_Section):
     pipeline: Pipeline = msgspec.field(default_factory=Pipeline)
     mqtt: Mqtt = msgspec.field(default_factory=Mqtt)
     http: Http = msgspec.field(default_factory=Http)
+    coap: Coap = msgspec.field(default_factory=Coap)
     admin: Admin = msgspec.field(default_factory=Admin)
     orders: Orders = msgspec.field(default_factory=Orders)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -170,6 +200,8 @@ def _check(config: Config, name: str) -> None:
         _check_codec(name, f"mqtt.routes[{i}]", route.codec, route.options)
     for i, hroute in enumerate(config.http.routes):
         _check_codec(name, f"http.routes[{i}]", hroute.codec, hroute.options)
+    for i, croute in enumerate(config.coap.routes):
+        _check_codec(name, f"coap.routes[{i}]", croute.codec, croute.options)
     if config.database.pool_size < 2:
         raise ConfigError(f"{name}: database.pool_size must be at least 2")
 

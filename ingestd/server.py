@@ -21,7 +21,7 @@ from .pipeline.aliases import Aliases
 from .pipeline.batcher import Batcher
 from .pipeline.bindings import Bindings
 from .storage import database
-from .transports import http1
+from .transports import coap, http1
 from .transports.http import TelemetryEndpoint
 from .transports.mqtt import MqttSubscriber
 
@@ -39,6 +39,8 @@ class Server:
         self.dispatcher: Dispatcher | None = None
         self.mqtt: MqttSubscriber | None = None
         self.http: TelemetryEndpoint | None = None
+        self.coap: coap.Telemetry | None = None
+        self._coap: Any = None
         self._servers: list[asyncio.Server] = []
         self._connections: list[set[http1.HttpConnection]] = []
         self._tasks: list[asyncio.Task[Any]] = []
@@ -102,6 +104,8 @@ class Server:
             )  # fmt: skip
             self._servers.append(server)
             self._tasks.append(sweeper)
+        if cfg.coap.enabled:
+            self._coap, self.coap = await coap.serve(cfg.coap, self.batcher, window)
         if cfg.mqtt.enabled:
             self.mqtt = MqttSubscriber(cfg.mqtt, self.batcher, window)
             await self.mqtt.start()
@@ -126,12 +130,16 @@ class Server:
         self.stopping.set()
         for server in self._servers:
             server.close()
+        if self._coap is not None:
+            self.coap.stopping = True  # type: ignore[union-attr]
         if self.mqtt is not None:
             self.mqtt.hold()
         if self.batcher is not None:
             await self.batcher.close()
         if self.mqtt is not None:
             await self.mqtt.stop()
+        if self._coap is not None:
+            await self._coap.shutdown()
         if self.dispatcher is not None:
             await self.dispatcher.close()
         for conns in self._connections:
@@ -162,12 +170,13 @@ class Server:
 
     async def _count(self) -> None:
         # Per-message counters are plain ints on the hot path; publish deltas.
-        seen = {"mqtt": 0, "http": 0}
+        seen = {"mqtt": 0, "http": 0, "coap": 0}
         while True:
             await asyncio.sleep(1.0)
             now = {
                 "mqtt": self.mqtt.messages if self.mqtt else 0,
                 "http": self.http.requests if self.http else 0,
+                "coap": self.coap.requests if self.coap else 0,
             }
             for name, count in now.items():
                 if count > seen[name]:

@@ -50,10 +50,17 @@ def broker() -> Iterator[harness.Mosquitto]:
 class Deployment:
     """A fresh database and a server process for one test module."""
 
-    def __init__(self, dsn: str, server: harness.IngestdProcess, broker_port: int):
+    def __init__(
+        self,
+        dsn: str,
+        server: harness.IngestdProcess,
+        broker_port: int,
+        coap_port: int = 0,
+    ) -> None:
         self.dsn = dsn
         self.server = server
         self.broker_port = broker_port
+        self.coap_port = coap_port
 
     @property
     def http(self) -> str:
@@ -97,14 +104,15 @@ async def deploy(
     else:
         dsn = harness.with_database(pg_uri, name)
     http_port, admin_port = harness.free_port(), harness.free_port()
+    coap_port = harness.free_port()
     text = harness.config_text(
         dsn, broker.port, http_port, admin_port, tmp / "state",
-        client_id=client_id or f"ingestd-{name}",
+        client_id=client_id or f"ingestd-{name}", coap_port=coap_port,
     ) + extra  # fmt: skip
     text = text.replace("[mqtt]\n", "[mqtt]\n" + mqtt_extra, 1)
     server = harness.IngestdProcess(text, tmp, http_port, admin_port)
     await asyncio.to_thread(server.start)
-    return Deployment(dsn, server, broker.port)
+    return Deployment(dsn, server, broker.port, coap_port)
 
 
 @pytest.fixture(scope="module")

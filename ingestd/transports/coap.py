@@ -1,0 +1,164 @@
+"""CoAP in: ``POST /v1/devices/{device_id}/telemetry`` over UDP and TCP.
+
+The protocol stack is aiocoap's (RFC 7252 over UDP, RFC 8323 over TCP, and
+over TLS once certificates are configured); this module is one resource.
+Content-Format picks the codec (50 JSON, 110 SenML JSON by default; a request
+without one is JSON). Block1 transfers (RFC 7959) are reassembled by aiocoap
+before the resource sees them, up to ``coap.max_payload_bytes``.
+
+Answers, each after the commit that makes it true, with a JSON diagnostic
+payload: 2.04 ``{"stored": n, "rejected": [...]}``; 4.00 when nothing could
+be used (naming where); 4.04 for another path; 4.05 for another method; 4.13
+over the size limit; 4.15 for an unknown Content-Format; 5.03 with Max-Age
+while the buffers are full (nothing kept; the device retries). A confirmable
+request is acknowledged by aiocoap at once if the commit takes a while (a
+separate response, RFC 7252 5.2.2); its response still follows the commit.
+
+Left out: Observe and GET of stored readings (ingestd takes telemetry in, it
+does not serve it), and DTLS (devices that need security use CoAP over TLS;
+see the mTLS scope convention).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiocoap
+import aiocoap.error
+import aiocoap.resource
+import orjson
+from aiocoap.numbers.codes import Code
+
+from .. import clock, log, metrics
+from ..codecs import catalog
+from ..codecs.base import MAX_NAME, Codec, Decoded
+from ..config import JSON, Coap
+from ..errors import DecodeError, IngestError
+from ..model import Origin
+from ..pipeline.batcher import Batcher
+
+TRANSPORTS = {"udp": "udp6", "tcp": "tcpserver"}
+
+
+class Telemetry(aiocoap.resource.Resource, aiocoap.resource.PathCapable):
+    """The ``v1/devices`` subtree: ``{device}/telemetry`` under it."""
+
+    def __init__(self, config: Coap, batcher: Batcher, window: clock.Window) -> None:
+        super().__init__()
+        self.config = config
+        self.batcher = batcher
+        self.codecs: dict[int, Codec] = {
+            r.content_format: catalog.build(r.codec, r.options, window)
+            for r in config.routes
+        }
+        self.requests = 0
+        self.stopping = False
+
+    async def render(self, request: aiocoap.Message) -> aiocoap.Message:
+        self.requests += 1
+        path = request.opt.uri_path
+        scheme = request.remote.scheme or "coap"
+        origin = Origin(None, scheme, clock.now_us(), str(request.remote.hostinfo))
+        if len(path) != 2 or path[1] != "telemetry":
+            return _diagnostic(Code.NOT_FOUND, {"error": "no such resource"})
+        device = path[0]
+        if not device or "\x00" in device or len(device) > MAX_NAME:
+            return _diagnostic(Code.NOT_FOUND, {"error": "bad device id in path"})
+        origin.device = device
+        if request.code != Code.POST:
+            return _diagnostic(Code.METHOD_NOT_ALLOWED, {"error": "use POST"})
+        if self.batcher.full or self.stopping:
+            metrics.pushback.labels("coap").inc()
+            answer = _diagnostic(Code.SERVICE_UNAVAILABLE, {"error": "busy"})
+            answer.opt.max_age = self.config.retry_after_s
+            return answer
+
+        payload = request.payload
+        fmt = request.opt.content_format
+        codec = self.codecs.get(JSON if fmt is None else int(fmt))
+        decoded = Decoded()
+        try:
+            if len(payload) > self.config.max_payload_bytes:
+                raise _TooLarge(self.config.max_payload_bytes)
+            if codec is None:
+                raise _Unsupported(fmt)
+            codec.decode(payload, origin, decoded)
+        except IngestError as exc:
+            body = {"error": getattr(exc, "reason", str(exc))}
+            if isinstance(exc, DecodeError) and not isinstance(exc, _Unsupported):
+                body["path"] = exc.path
+            await self._commit(origin, None, payload[:4096], str(exc))
+            return _diagnostic(Code(_code(exc.coap_code)), body)
+
+        await self._commit(origin, decoded, payload, "")
+        if not decoded.readings:
+            first = decoded.rejects[0]
+            return _diagnostic(Code.BAD_REQUEST, {
+                "error": f"nothing usable: {first.reason}", "path": first.path,
+                "rejected": [{"path": r.path, "reason": r.reason}
+                             for r in decoded.rejects],
+            })  # fmt: skip
+        body: dict[str, Any] = {"stored": len(decoded.readings)}
+        if decoded.rejects:
+            body["rejected"] = [
+                {"path": r.path, "reason": r.reason} for r in decoded.rejects
+            ]
+        return _diagnostic(Code.CHANGED, body)
+
+    async def _commit(
+        self, origin: Origin, decoded: Decoded | None, raw: bytes, reason: str
+    ) -> None:
+        """Hand the message to the batcher and wait for its commit."""
+        done = asyncio.get_running_loop().create_future()
+        ack = (_settle, done)
+        if decoded is None:
+            self.batcher.dead_letter(origin, raw, reason, ack)
+        else:
+            self.batcher.submit(origin, decoded, raw, ack)
+        await done
+
+
+def _settle(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
+
+
+class _TooLarge(DecodeError):
+    coap_code = "4.13"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"payload over {limit} bytes", "byte 0")
+
+
+class _Unsupported(DecodeError):
+    coap_code = "4.15"
+
+    def __init__(self, fmt: object) -> None:
+        super().__init__(f"unsupported Content-Format {fmt}", "content-format")
+
+
+def _code(dotted: str) -> int:
+    klass, detail = dotted.split(".")
+    return int(klass) << 5 | int(detail)
+
+
+def _diagnostic(code: Code, body: dict[str, Any]) -> aiocoap.Message:
+    return aiocoap.Message(code=code, payload=orjson.dumps(body), content_format=JSON)
+
+
+async def serve(
+    config: Coap, batcher: Batcher, window: clock.Window
+) -> tuple[aiocoap.Context, Telemetry]:
+    """Listen on the configured CoAP transports; returns the context."""
+    site = aiocoap.resource.Site()
+    telemetry = Telemetry(config, batcher, window)
+    site.add_resource(["v1", "devices"], telemetry)
+    names = [TRANSPORTS[t] for t in config.transports]
+    context = await aiocoap.Context.create_server_context(
+        site, bind=(config.host, config.port), transports=names,
+        loggername="ingestd.coap.stack",
+    )  # fmt: skip
+    log.coap.info("listening on %s:%d (%s)", config.host, config.port,
+                  ", ".join(config.transports))  # fmt: skip
+    return context, telemetry
