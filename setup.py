@@ -35,6 +35,7 @@ PXD_DIR = ROOT / "build" / "pxd"
 
 EXTENSIONS = [
     Extension("ingestd.codecs._walk_ext", ["ext/_walk.pyx"]),
+    Extension("ingestd.codecs._lineproto_ext", ["ext/_lineproto.pyx"]),
 ]
 
 

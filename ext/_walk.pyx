@@ -9,12 +9,12 @@ Built as ``ingestd.codecs._walk_ext`` by ``setup.py``; ``ingestd.codecs.json``
 imports it unless ``INGESTD_NO_EXTENSIONS=1``. What makes it faster: C
 dispatch on exact types, dict iteration without an items view, names joined
 in one allocation, and no Python frame per leaf. Timestamps (``clock``),
-readings (a msgspec struct) and array checks (``nul_inside``) stay calls
+readings (a msgspec struct) and array checks (``array_problem``) stay calls
 into the same code the pure twin uses.
 """
 
 from ingestd.clock import parse
-from ingestd.codecs._walk import nul_inside
+from ingestd.codecs._walk import array_problem
 from ingestd.codecs.base import MAX_NAME
 from ingestd.errors import DecodeError
 from ingestd.model import Reading
@@ -104,8 +104,9 @@ cdef class Walker:
             self._object(<dict>value, name, device, ts, depth + 1)
             return None
         elif kind is list:
-            if nul_inside(value):
-                self._reject(self.base + "." + name, _NUL_TEXT)
+            problem = array_problem(value)
+            if problem is not None:
+                self._reject(self.base + "." + name, problem)
                 return None
         elif value is None:
             self._reject(self.base + "." + name, "null is not a value")

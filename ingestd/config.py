@@ -8,13 +8,15 @@ an empty file is a valid configuration.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
-from .codecs import catalog
+from .codecs import catalog, mapping
+from .codecs.mapping import Mapping
 from .errors import ConfigError
 
 
@@ -53,6 +55,7 @@ class Route(_Section):
     topic: str
     codec: str = "json"
     options: dict[str, Any] = msgspec.field(default_factory=dict)
+    mapping: str | None = None  # a device type in [mappings]
     content_type: str | None = None
     user_properties: dict[str, str] = msgspec.field(default_factory=dict)
 
@@ -63,6 +66,7 @@ class HttpRoute(_Section):
     content_type: str
     codec: str = "json"
     options: dict[str, Any] = msgspec.field(default_factory=dict)
+    mapping: str | None = None
 
 
 class Mqtt(_Section):
@@ -100,6 +104,10 @@ class Http(_Section):
             HttpRoute(content_type="text/json", codec="json"),
             HttpRoute(content_type="application/senml+json", codec="senml"),
             HttpRoute(content_type="application/sensml+json", codec="senml"),
+            HttpRoute(content_type="application/senml+cbor", codec="senml_cbor"),
+            HttpRoute(content_type="application/msgpack", codec="msgpack"),
+            HttpRoute(content_type="application/x-msgpack", codec="msgpack"),
+            HttpRoute(content_type="text/plain", codec="influx"),
         ]
     )
 
@@ -114,6 +122,7 @@ class CoapRoute(_Section):
     content_format: int
     codec: str = "json"
     options: dict[str, Any] = msgspec.field(default_factory=dict)
+    mapping: str | None = None
 
 
 class Coap(_Section):
@@ -129,6 +138,7 @@ class Coap(_Section):
         default_factory=lambda: [
             CoapRoute(content_format=JSON, codec="json"),
             CoapRoute(content_format=SENML_JSON, codec="senml"),
+            CoapRoute(content_format=SENML_CBOR, codec="senml_cbor"),
         ]
     )
 
@@ -154,21 +164,36 @@ class Config(_Section):
     coap: Coap = msgspec.field(default_factory=Coap)
     admin: Admin = msgspec.field(default_factory=Admin)
     orders: Orders = msgspec.field(default_factory=Orders)
+    mappings: dict[str, Mapping] = msgspec.field(default_factory=dict)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
 def load(path: str | os.PathLike[str] | None) -> Config:
-    """Read and validate a TOML file; ``None`` gives the defaults."""
+    """Read and validate a TOML file; ``None`` gives the defaults.
+
+    Errors name the file and, where it can be found, the line:
+    ``ingestd.toml:12: Invalid enum value 'xml' - at `mqtt.routes[0].codec```.
+    """
     if path is None:
         return Config()
     try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
+        text = Path(path).read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return parse(raw, str(path))
+    try:
+        return parse(raw, str(path))
+    except ConfigError as exc:
+        where = re.search(r"at `([^`]+)`|: ([\w.\[\]]+): ", str(exc))
+        line = locate(text, where.group(1) or where.group(2)) if where else None
+        if line is None:
+            raise
+        name = str(path)
+        message = str(exc).removeprefix(f"{name}: ")
+        raise ConfigError(f"{name}:{line}: {message}") from None
 
 
 def parse(raw: dict[str, object], name: str = "config") -> Config:
@@ -177,9 +202,70 @@ def parse(raw: dict[str, object], name: str = "config") -> Config:
         config = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
         # msgspec says "... - at `$.mqtt.routes[0].codec`"; show it TOML-style
-        raise ConfigError(f"{name}: {_toml_path(str(exc))}") from None
+        message = _toml_path(str(exc))
+        if "`mappings[...]" in message:
+            message = _name_mapping(raw, message)
+        raise ConfigError(f"{name}: {message}") from None
     _check(config, name)
     return config
+
+
+def locate(text: str, where: str) -> int | None:
+    """The line of ``text`` that sets ``where`` (``mqtt.routes[1].codec``).
+
+    Array tables are counted as TOML numbers them, so the second
+    ``[[mqtt.routes]]`` is ``mqtt.routes[1]``. Falls back to the line of the
+    nearest enclosing table; None if nothing in the file leads there.
+    """
+    arrays: dict[str, int] = {}
+    table = ""
+    best: tuple[int, int] | None = None  # (length of matched prefix, line)
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        header = re.match(r"^(\[\[?)\s*([^\]]+?)\s*\]\]?", stripped)
+        if header:
+            name = header.group(2).replace('"', "")
+            if header.group(1) == "[[":
+                arrays[name] = arrays.get(name, 0) + 1
+                for nested in [k for k in arrays if k.startswith(name + ".")]:
+                    del arrays[nested]
+            table = _indexed(name, arrays)
+            path = table
+        else:
+            key = re.match(r"^([\w\-\"'.]+)\s*=", stripped)
+            if not key:
+                continue
+            name = key.group(1).replace('"', "").replace("'", "")
+            path = f"{table}.{name}" if table else name
+        if path == where:
+            return number
+        if where.startswith(path) and where[len(path) : len(path) + 1] in ".[":
+            if best is None or len(path) > best[0]:
+                best = (len(path), number)
+    return best[1] if best else None
+
+
+def _indexed(name: str, arrays: dict[str, int]) -> str:
+    parts = name.split(".")
+    out = []
+    for i in range(len(parts)):
+        out.append(parts[i])
+        prefix = ".".join(parts[: i + 1])
+        if prefix in arrays:
+            out[-1] += f"[{arrays[prefix] - 1}]"
+    return ".".join(out)
+
+
+def _name_mapping(raw: dict[str, object], message: str) -> str:
+    # msgspec does not name dict keys in its paths; find the device type
+    mappings = raw.get("mappings")
+    if isinstance(mappings, dict):
+        for type_name, value in mappings.items():
+            try:
+                msgspec.convert(value, Mapping)
+            except msgspec.ValidationError:
+                return message.replace("`mappings[...]", f"`mappings.{type_name}")
+    return message
 
 
 def _toml_path(message: str) -> str:
@@ -194,14 +280,24 @@ def _check(config: Config, name: str) -> None:
         )
     if p.flush_interval_ms <= 0:
         raise ConfigError(f"{name}: pipeline.flush_interval_ms must be positive")
-    for i, route in enumerate(config.mqtt.routes):
-        if route.topic.count("{device}") > 1:
-            raise ConfigError(f"{name}: mqtt.routes[{i}].topic: one {{device}} only")
-        _check_codec(name, f"mqtt.routes[{i}]", route.codec, route.options)
-    for i, hroute in enumerate(config.http.routes):
-        _check_codec(name, f"http.routes[{i}]", hroute.codec, hroute.options)
-    for i, croute in enumerate(config.coap.routes):
-        _check_codec(name, f"coap.routes[{i}]", croute.codec, croute.options)
+    for type_name, device_type in config.mappings.items():
+        problem = mapping.check(device_type)
+        if problem:
+            raise ConfigError(f"{name}: mappings.{type_name}.{problem}")
+    routes: list[tuple[str, Route | HttpRoute | CoapRoute]] = [
+        *((f"mqtt.routes[{i}]", r) for i, r in enumerate(config.mqtt.routes)),
+        *((f"http.routes[{i}]", r) for i, r in enumerate(config.http.routes)),
+        *((f"coap.routes[{i}]", r) for i, r in enumerate(config.coap.routes)),
+    ]
+    for where, route in routes:
+        if isinstance(route, Route) and route.topic.count("{device}") > 1:
+            raise ConfigError(f"{name}: {where}.topic: one {{device}} only")
+        _check_codec(name, where, route.codec, route.options)
+        if route.mapping is not None and route.mapping not in config.mappings:
+            raise ConfigError(
+                f"{name}: {where}.mapping: no device type {route.mapping!r} "
+                "in [mappings]"
+            )
     if config.database.pool_size < 2:
         raise ConfigError(f"{name}: database.pool_size must be at least 2")
 

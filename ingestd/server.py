@@ -86,7 +86,9 @@ class Server:
 
         if cfg.http.enabled:
             h = cfg.http
-            self.http = TelemetryEndpoint(h, self.batcher, window, p.retry_after_s)
+            self.http = TelemetryEndpoint(
+                h, self.batcher, window, p.retry_after_s, cfg.mappings
+            )
             server, conns, sweeper = await http1.serve(
                 self.http, h.host, h.port, h.max_body_bytes, h.max_header_bytes,
                 h.idle_timeout_s, refused=self.http.refused,
@@ -105,9 +107,11 @@ class Server:
             self._servers.append(server)
             self._tasks.append(sweeper)
         if cfg.coap.enabled:
-            self._coap, self.coap = await coap.serve(cfg.coap, self.batcher, window)
+            self._coap, self.coap = await coap.serve(
+                cfg.coap, self.batcher, window, cfg.mappings
+            )
         if cfg.mqtt.enabled:
-            self.mqtt = MqttSubscriber(cfg.mqtt, self.batcher, window)
+            self.mqtt = MqttSubscriber(cfg.mqtt, self.batcher, window, cfg.mappings)
             await self.mqtt.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self._count()))
         self.ready.set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from pathlib import Path
@@ -55,3 +56,18 @@ def _norm(value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return value
     return float(value) if math.isfinite(value) else value
+
+
+def binary_payloads(folder: str) -> list[Path]:
+    """The base64-encoded binary inputs (``*.b64``) of a fixture folder."""
+    return sorted((FIXTURES / folder).glob("*.b64"))
+
+
+def read_b64(path: Path) -> bytes:
+    return base64.b64decode(path.read_text())
+
+
+def session_messages(path: Path) -> list[tuple[str, bytes]]:
+    """(topic, payload) of each message of a ``.session.json``, in order."""
+    doc = json.loads(path.read_text())
+    return [(m["topic"], base64.b64decode(m["payload_b64"])) for m in doc["messages"]]

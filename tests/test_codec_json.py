@@ -138,6 +138,11 @@ def test_json_bad_payload_names_where(payload: bytes, reason: str, where: str) -
         (b'{"ok": 1, "ts": 4102444800}', "$.ts", "timestamp 2100-01-01"),
         (b'{"ok": 1, "ts": true}', "$.ts", "timestamp must be a number"),
         (b'[{"ok": 1}, 7]', "$[1]", "expected an object, got number"),
+        (
+            b'{"ok": 1, "bad": ' + b"[" * 900 + b"]" * 900 + b"}",
+            "$.bad",
+            "nested deeper than 32 levels",
+        ),
     ],
 )
 def test_json_bad_reading_is_rejected_by_path(

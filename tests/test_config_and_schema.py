@@ -33,7 +33,7 @@ def test_config_empty_file_gives_working_defaults(tmp_path: Path) -> None:
         ("[pipeline]\nflush_rows = 'many'\n", "Expected `int`, got `str` - at "
          "`pipeline.flush_rows`"),
         ("[[mqtt.routes]]\ntopic = 'a/{device}'\ncodec = 'xml'\n",
-         "mqtt.routes[0].codec: unknown codec 'xml' (known: json, senml)"),
+         "mqtt.routes[0].codec: unknown codec 'xml' (known: chirpstack, influx"),
         ("[[mqtt.routes]]\ntopic = 'a/{device}'\n[mqtt.routes.options]\nroots = 'x'\n",
          "unknown field `roots` - at `mqtt.routes[0].options`"),
         ("[[mqtt.routes]]\ntopic = 'a/{device}'\n[mqtt.routes.options]\n"

@@ -152,14 +152,14 @@ def _entry(data: bytes, pos: int, n: int, line: int) -> tuple[Point, int]:
         pos += 1
         end = _NAME.match(data, pos).end()  # type: ignore[union-attr]
         if end == pos:
-            raise _Bad(f"tag {key!r} has an empty value", pos)
+            raise _Bad(f"tag {quote(key)} has an empty value", pos)
         tags[key] = _text(data, pos, end, _UNESCAPE_NAME, "tag value")
         pos = end
         c = data[pos] if pos < n else _LF
         if c != _COMMA and c != _SPACE:
             if c == _LF or c == _CR:
                 raise _Bad(NO_FIELDS, pos)
-            raise _Bad(f"invalid character {char(c)} after tag {key!r}", pos)
+            raise _Bad(f"invalid character {char(c)} after tag {quote(key)}", pos)
 
     # Fields: "key=value" separated by commas, after one or more spaces
     pos = _SPACES.match(data, pos).end()  # type: ignore[union-attr]
@@ -202,7 +202,7 @@ def _entry(data: bytes, pos: int, n: int, line: int) -> tuple[Point, int]:
             if c != _LF and c != _CR:
                 raise _Bad("unexpected text after the timestamp", pos)
     elif c != _LF and c != _CR:
-        raise _Bad(f"field {key!r}: unexpected {char(c)} after the value", pos)
+        raise _Bad(f"field {quote(key)}: unexpected {char(c)} after the value", pos)
 
     # End of line: LF, CR LF, or the end of the payload (a CR there too)
     if c == _CR:
@@ -220,20 +220,20 @@ def _field(data: bytes, pos: int, n: int, key: str) -> tuple[Field, int]:
     if c == _QUOTE:
         end = _STRING.match(data, pos + 1).end()  # type: ignore[union-attr]
         if end >= n:
-            raise _Bad(f"field {key!r}: string has no closing quote", n)
-        text = _text(data, pos + 1, end, _UNESCAPE_STRING, f"field {key!r}")
+            raise _Bad(f"field {quote(key)}: string has no closing quote", n)
+        text = _text(data, pos + 1, end, _UNESCAPE_STRING, "field", key)
         return (key, text, "string"), end + 1
     end = _VALUE.match(data, pos).end()  # type: ignore[union-attr]
     raw = data[pos:end]
     if not raw:
-        raise _Bad(f"field {key!r} has no value", pos)
+        raise _Bad(f"field {quote(key)} has no value", pos)
     if c in b"tTfF":
         flag = _BOOLS.get(raw)
         if flag is None:
-            raise _Bad(f"field {key!r}: {show(raw)} is not a boolean", pos)
+            raise _Bad(f"field {quote(key)}: {show(raw)} is not a boolean", pos)
         return (key, flag, "bool"), end
     if c not in b"-0123456789.":
-        raise _Bad(f"field {key!r}: value {show(raw)} has no known type", pos)
+        raise _Bad(f"field {quote(key)}: value {show(raw)} has no known type", pos)
     last = raw[-1]
     if last == 0x69:  # i
         if _INT.fullmatch(raw, 0, len(raw) - 1) is None:
@@ -258,7 +258,12 @@ def _field(data: bytes, pos: int, n: int, key: str) -> tuple[Field, int]:
 
 
 def _text(
-    data: bytes, start: int, end: int, unescape: re.Pattern[bytes], what: str
+    data: bytes,
+    start: int,
+    end: int,
+    unescape: re.Pattern[bytes],
+    what: str,
+    key: str | None = None,
 ) -> str:
     raw = data[start:end]
     if b"\\" in raw:
@@ -266,7 +271,8 @@ def _text(
     try:
         return raw.decode()
     except UnicodeDecodeError:
-        raise _Bad(f"invalid UTF-8 in {what}", end) from None
+        label = what if key is None else f"{what} {quote(key)}"
+        raise _Bad(f"invalid UTF-8 in {label}", end) from None
 
 
 # Reasons, shared with the compiled twin so the two say exactly the same
@@ -278,6 +284,11 @@ LONE_CR = "carriage return without a line feed"
 def char(c: int) -> str:
     """A byte as a reason shows it: ``'\\t'``, ``','``, ``byte 0xff``."""
     return repr(chr(c)) if c < 0x80 else f"byte 0x{c:02x}"
+
+
+def quote(name: str) -> str:
+    """A name as a reason quotes it, shortened to 40 characters."""
+    return repr(name if len(name) <= 40 else name[:40] + "...")
 
 
 def show(raw: bytes) -> str:
@@ -300,12 +311,12 @@ def bad_name(c: int, what: str) -> str:
 
 def no_equals(what: str, key: str, c: int) -> str:
     found = "end of line" if c == _LF or c == _CR else char(c)
-    return f"expected '=' after {what} {key!r}, found {found}"
+    return f"expected '=' after {what} {quote(key)}, found {found}"
 
 
 def not_a(key: str, raw: bytes, kind: str) -> str:
-    return f"field {key!r}: {show(raw)} is not a valid {kind}"
+    return f"field {quote(key)}: {show(raw)} is not a valid {kind}"
 
 
 def out_of_range(key: str, raw: bytes, kind: str) -> str:
-    return f"field {key!r}: {show(raw)} is out of range for {kind}"
+    return f"field {quote(key)}: {show(raw)} is out of range for {kind}"

@@ -108,8 +108,9 @@ class Walker:
             self._object(value, name, device, ts, depth + 1)
             return
         elif kind is list:
-            if nul_inside(value):
-                out.reject(self.base + "." + name, "text contains a NUL character")
+            problem = array_problem(value)
+            if problem is not None:
+                out.reject(self.base + "." + name, problem)
                 return
         elif value is None:
             out.reject(self.base + "." + name, "null is not a value")
@@ -161,13 +162,29 @@ class Walker:
 _NOTHING: frozenset[str] = frozenset()
 
 
-def nul_inside(value: Any) -> bool:
-    """Whether a JSON array or object holds a NUL in any text or key."""
-    kind = type(value)
-    if kind is str:
-        return "\x00" in value
-    if kind is list:
-        return any(nul_inside(item) for item in value)
-    if kind is dict:
-        return any("\x00" in k or nul_inside(v) for k, v in value.items())
-    return False
+def array_problem(value: Any) -> str | None:
+    """Why a JSON array cannot be stored as one value, or None if it can.
+
+    PostgreSQL refuses NUL in any text or key, and the JSON column is
+    written by orjson, which stops at 254 levels; arrays also count toward
+    MAX_DEPTH like objects do. Iterative: orjson reads arrays 1,024 deep,
+    past Python's recursion limit.
+    """
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind is str:
+            if "\x00" in item:
+                return "text contains a NUL character"
+        elif kind is list or kind is dict:
+            if depth > MAX_DEPTH:
+                return f"nested deeper than {MAX_DEPTH} levels"
+            if kind is list:
+                stack.extend((inner, depth + 1) for inner in item)
+            else:
+                for key, inner in item.items():
+                    if "\x00" in key:
+                        return "text contains a NUL character"
+                    stack.append((inner, depth + 1))
+    return None

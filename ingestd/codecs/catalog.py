@@ -15,8 +15,17 @@ import msgspec
 from ..clock import Window
 from ..errors import ConfigError
 from .base import Codec
+from .influx import InfluxCodec, InfluxOptions
 from .json import JsonCodec, JsonOptions
+from .lorawan import ChirpstackCodec, ChirpstackOptions, TtnCodec, TtnOptions
+from .mapping import MappedCodec, Mapping
+from .msgpack import MsgpackCodec, MsgpackOptions
 from .senml import SenmlCodec, SenmlOptions
+from .senml_cbor import SenmlCborCodec
+from .shelly import ShellyCodec, ShellyOptions
+from .sparkplug import SparkplugCodec, SparkplugOptions
+from .tasmota import TasmotaCodec, TasmotaOptions
+from .zigbee2mqtt import Zigbee2mqttCodec, Zigbee2mqttOptions
 
 
 class Spec(NamedTuple):
@@ -27,6 +36,15 @@ class Spec(NamedTuple):
 CODECS: dict[str, Spec] = {
     "json": Spec(JsonOptions, JsonCodec),
     "senml": Spec(SenmlOptions, SenmlCodec),
+    "senml_cbor": Spec(SenmlOptions, SenmlCborCodec),
+    "msgpack": Spec(MsgpackOptions, MsgpackCodec),
+    "influx": Spec(InfluxOptions, InfluxCodec),
+    "sparkplug": Spec(SparkplugOptions, SparkplugCodec),
+    "ttn": Spec(TtnOptions, TtnCodec),
+    "chirpstack": Spec(ChirpstackOptions, ChirpstackCodec),
+    "zigbee2mqtt": Spec(Zigbee2mqttOptions, Zigbee2mqttCodec),
+    "tasmota": Spec(TasmotaOptions, TasmotaCodec),
+    "shelly": Spec(ShellyOptions, ShellyCodec),
 }
 
 
@@ -45,6 +63,14 @@ def options(name: str, raw: dict[str, Any], where: str) -> msgspec.Struct:
         raise ConfigError(text) from None
 
 
-def build(name: str, raw: dict[str, Any], window: Window, where: str = "") -> Codec:
-    """A codec for one route."""
-    return CODECS[name].make(options(name, raw, where or name), window)
+def build(
+    name: str,
+    raw: dict[str, Any],
+    window: Window,
+    where: str = "",
+    *,
+    mapping: Mapping | None = None,
+) -> Codec:
+    """A codec for one route, followed by its device type's mapping if any."""
+    codec = CODECS[name].make(options(name, raw, where or name), window)
+    return codec if mapping is None else MappedCodec(codec, mapping)

@@ -58,7 +58,7 @@ import orjson
 from .. import clock
 from ..errors import DecodeError
 from ..model import Origin, Reading
-from ._walk import nul_inside
+from ._walk import array_problem
 from .base import MAX_NAME, Decoded, json_type
 
 MAX_DEPTH = 32  # nesting of the decoded object, in objects
@@ -191,8 +191,9 @@ class _NetworkServer:
             if self.options.unit_text and (split := UNIT_TEXT.fullmatch(value)):
                 value, unit = float(split[1]), split[2]
         elif kind is list:
-            if nul_inside(value):
-                out.reject(where, "text contains a NUL character")
+            problem = array_problem(value)
+            if problem is not None:
+                out.reject(where, problem)
                 return
         elif kind is not bool:
             out.reject(where, f"{json_type(value)} is not a value")

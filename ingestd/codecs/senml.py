@@ -45,6 +45,7 @@ from .base import MAX_NAME, Decoded, json_type
 
 RELATIVE_LIMIT = 2**28  # sec. 4.5.3: smaller resolved times are relative
 _NUMBER = (int, float)
+_NUMERIC = frozenset(["bt", "bv", "bs", "v", "s", "t"])  # the fields read as numbers
 
 
 class SenmlOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -290,7 +291,8 @@ def binary_record(
     Integer keys are looked up in ``labels`` (the CBOR labels of RFC 8428
     sec. 6; an unknown one is dropped, as an unknown field is); other keys
     must be text. Binary forms carry NaN and infinities, which JSON cannot:
-    such a number is rejected here. Raises ``DecodeError`` naming the spot.
+    such a number in a field read as a number is rejected here. Raises
+    ``DecodeError`` naming the spot.
     """
     fields: dict[str, Any] = {}
     for key, value in record.items():
@@ -306,7 +308,7 @@ def binary_record(
             raise DecodeError(f"map key {shown} is not a SenML label", path)
         if name in fields:
             raise DecodeError(f"field {name!r} given twice", path)
-        if type(value) is float and not math.isfinite(value):
+        if name in _NUMERIC and type(value) is float and not math.isfinite(value):
             raise DecodeError("number is not finite", f"{path}.{name}")
         fields[name] = value
     return fields

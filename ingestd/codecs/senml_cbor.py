@@ -16,14 +16,16 @@ fields by their JSON labels (``$[3].v``).
 
 Before cbor2 builds anything, ``scan`` walks the item headers: declared
 lengths must fit in the rest of the payload, containers nest at most
-``MAX_DEPTH`` deep, text must be UTF-8 and nothing may follow the pack.
-Tags are refused (only the self-described marker 55799 passes): SenML uses
-none, and cbor2 would turn them into datetimes, Decimals, sets, regular
+``MAX_DEPTH`` deep and nothing may follow the pack. Tags are refused (only
+the self-described marker 55799 may open the payload): SenML uses none,
+and cbor2 would turn them into datetimes, Decimals, sets, regular
 expressions, bignums or shared references that can form cycles. Simple
 values other than false, true and null are refused too. Malformed CBOR is
-a ``DecodeError`` at the byte offset of the item that broke. NaN and
-infinities are rejected where they would become a value or a time.
-LwM2M's object-link value ``vlo`` is not read.
+a ``DecodeError`` at the byte offset of the item that broke; text that is
+not UTF-8 is found by cbor2, then located by a second scan. The scan costs
+about a quarter of a decode (14 µs of 60 for Leshan's 16-record pack).
+NaN and infinities are rejected where they would become a value or a
+time. LwM2M's object-link value ``vlo`` is not read.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ CBOR_LABELS = {
 
 MAX_DEPTH = 16  # containers inside containers; a pack needs two
 SELF_DESCRIBED = 55799  # RFC 8949 sec. 3.4.6: marks CBOR, means nothing
+_MARKER = b"\xd9\xd9\xf7"  # that tag, as it opens a payload
 
 # What the scanner still expects in an open container, when not a count
 _ARRAY, _MAP_KEY, _MAP_VALUE, _BYTES, _TEXT = -1, -2, -3, -4, -5
@@ -64,10 +67,13 @@ class SenmlCborCodec:
 
     def decode(self, payload: bytes, origin: Origin, out: Decoded) -> None:
         scan(payload)
+        body = payload
+        if body.startswith(_MARKER):
+            body = body[len(_MARKER) :]  # cbor2 would build tuples under it
         try:
-            pack = cbor2.loads(payload)
+            pack = cbor2.loads(body)
         except (cbor2.CBORError, ValueError, TypeError, ArithmeticError) as exc:
-            # scan() has ruled out what we know to fail; say what cbor2 says
+            scan(payload, text=True)  # where, if it is bad text
             raise DecodeError(f"invalid CBOR: {str(exc)[:80]}", "$") from None
         if type(pack) is not list:
             raise DecodeError("a SenML pack is an array of records", "$")
@@ -93,12 +99,14 @@ def _relabel(record: dict[Any, Any], path: str) -> dict[str, Any]:
     return fields
 
 
-def scan(data: bytes) -> None:
+def scan(data: bytes, text: bool = False) -> None:
     """Check that ``data`` is one well-formed CBOR item fit for SenML.
 
     Raises ``DecodeError`` with the byte offset of the first item that is
     malformed, declares more than the payload holds, nests too deep, or is
-    a tag or simple value that SenML does not use.
+    a tag or simple value that SenML does not use; with ``text``, also of
+    the first text string that is not UTF-8 (cbor2 checks that anyway, so
+    the decoder asks only once cbor2 has failed).
     """
     end = len(data)
     pos = 0
@@ -113,7 +121,16 @@ def scan(data: bytes) -> None:
         start = pos
         head = data[pos]
         pos += 1
-        major, info = head >> 5, head & 0x1F
+        info = head & 0x1F
+        if top > 0 and head < 0x78 and info < 24 and (head < 0x40 or info <= end - pos):
+            # Fast path, most of a pack: a small integer or a short string
+            if head >= 0x40:
+                pos += info
+                if text and head >= 0x60:
+                    _utf8(data, start + 1, pos, start)
+            todo[-1] = top - 1
+            continue
+        major = head >> 5
 
         # A break closes an indefinite-length container or string
         if head == 0xFF:
@@ -143,7 +160,7 @@ def scan(data: bytes) -> None:
 
         if major == 6:
             # the tagged item follows and fills this slot
-            if arg != SELF_DESCRIBED:
+            if arg != SELF_DESCRIBED or start != 0:
                 raise DecodeError(f"CBOR tag {arg} not accepted", _at(start))
             continue
         if major == 7 and (info < 20 or info in (23, 24)):
@@ -164,11 +181,8 @@ def scan(data: bytes) -> None:
                 continue
             if arg > end - pos:
                 raise DecodeError(f"length {arg} runs past the payload", _at(start))
-            if major == 3:
-                try:
-                    data[pos : pos + arg].decode()
-                except UnicodeDecodeError:
-                    raise DecodeError("text is not UTF-8", _at(start)) from None
+            if text and major == 3:
+                _utf8(data, pos, pos + arg, start)
             pos += arg
         elif major in (4, 5):
             if len(todo) > MAX_DEPTH:
@@ -178,10 +192,18 @@ def scan(data: bytes) -> None:
                 continue
             items = arg * 2 if major == 5 else arg
             if items > end - pos:  # every item takes at least a byte
-                raise DecodeError(f"{arg} entries run past the payload", _at(start))
+                kind = "map" if major == 5 else "array"
+                raise DecodeError(f"{kind} of {arg} runs past the payload", _at(start))
             todo.append(items)
     if pos != end:
         raise DecodeError("bytes after the end of the CBOR item", _at(pos))
+
+
+def _utf8(data: bytes, begin: int, end: int, head: int) -> None:
+    try:
+        data[begin:end].decode()
+    except UnicodeDecodeError:
+        raise DecodeError("text is not UTF-8", _at(head)) from None
 
 
 def _at(pos: int) -> str:

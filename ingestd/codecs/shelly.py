@@ -53,7 +53,7 @@ import orjson
 from .. import clock
 from ..errors import DecodeError
 from ..model import Origin, Reading
-from ._walk import nul_inside
+from ._walk import array_problem
 from .base import MAX_NAME, Decoded, json_type
 
 MAX_DEPTH = 16  # nesting inside one component, in objects
@@ -62,6 +62,8 @@ MINUTE_US = 60_000_000
 
 
 class ShellyOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """How one route reads Shelly Gen2; the module docstring explains each."""
+
     units: dict[str, str] = msgspec.field(default_factory=dict)
     ignore: list[str] = msgspec.field(default_factory=lambda: ["id", "source"])
     system: list[str] = msgspec.field(
@@ -126,7 +128,7 @@ class ShellyCodec:
             if device is None:
                 raise DecodeError("no device id: no transport identity or src", "$.src")
             if src is not None:
-                out.reject("$.src", "src must be text of 1 to 256 characters")
+                out.reject("$.src", "src must be text of 1 to 256 characters, no NUL")
         elif device is None:
             device = src
         elif src != device:
@@ -234,8 +236,9 @@ class ShellyCodec:
         if kind is int or kind is float:
             value = float(value)
         elif kind is str or kind is list:
-            if nul_inside(value):
-                out.reject(where, "text contains a NUL character")
+            problem = array_problem(value)
+            if problem is not None:
+                out.reject(where, problem)
                 return
         elif kind is not bool:
             out.reject(where, f"{json_type(value)} is not a value")
@@ -313,7 +316,7 @@ class ShellyCodec:
             if type(component) is not str or type(what) is not str:
                 out.reject(where, "an event names its component and event as text")
                 continue
-            if nul_inside(component) or nul_inside(what):
+            if array_problem(component) or array_problem(what):
                 out.reject(where, "text contains a NUL character")
                 continue
             if not component or component.partition(":")[0] in self._system:

@@ -54,7 +54,16 @@ protocol, not telemetry: skipped unless ``protocol_metrics``.
 Time: the metric's timestamp, else the payload's, in milliseconds as the
 specification fixes; with neither, the receipt time. Units: the metric's
 ``unit_property`` property (``engUnit`` by default, as Ignition sends it),
-else the one its birth gave, else the route's ``units`` option.
+else the one its birth gave, else the route's ``units`` option. A DATA
+metric without a datatype takes the one its birth gave; with none known,
+the value field decides (integers then read as unsigned).
+
+Rejects name the spot as a path into the payload's fields, as in the
+specification's JSON form: ``$.seq``, ``$.metrics[3].alias``,
+``$.metrics[0].dataset_value.rows[2].elements[1]``; a bad topic is at
+``topic``. The whole message fails (DecodeError) only when the topic is not
+Sparkplug, the bytes are not a Sparkplug B payload, or a DATA message
+carries no metrics.
 
 State and its limits: birth tables, sequence and bdSeq live in the codec
 instance, one per route, and die with the process. So a DATA by alias after
@@ -72,7 +81,7 @@ import base64
 import math
 import struct
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from google.protobuf import message as protobuf_message
@@ -118,8 +127,8 @@ class SparkplugOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     transient: bool = False  # store metrics flagged is_transient too
     unit_property: str = "engUnit"  # metric property naming its unit; "" = none
     units: dict[str, str] = msgspec.field(default_factory=dict)  # metric -> unit
-    max_nodes: int = 10_000
-    max_devices: int = 1_000  # per edge node
+    max_nodes: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    max_devices: Annotated[int, msgspec.Meta(ge=1)] = 1_000  # per edge node
 
 
 class _Scope:
@@ -162,7 +171,9 @@ class SparkplugCodec:
         verb, node_id, device = topic
         try:
             msg = pb.Payload.FromString(payload)
-        except protobuf_message.DecodeError as exc:
+        except (protobuf_message.DecodeError, UnicodeDecodeError) as exc:
+            # upb hands bad UTF-8 in proto2 strings over as bytes (checked per
+            # field below); protobuf's pure-Python parser refuses the message
             raise DecodeError(f"not a Sparkplug B payload: {exc}", "$") from None
         node = self._node(node_id)
 
@@ -265,8 +276,9 @@ class SparkplugCodec:
         out: Decoded,
     ) -> None:
         options = self.options
-        payload_ts: int | None = None
-        payload_ts_bad = False
+        received, transport, fmt = origin.received, origin.transport, self.name
+        payload_ts: int | None = None  # µs, once a metric needed it
+        payload_bad = False
         for i, metric in enumerate(msg.metrics):
             path = f"$.metrics[{i}]"
             try:
@@ -276,7 +288,7 @@ class SparkplugCodec:
                     _define(metric, name, datatype, scope, path, options, out)
                 elif not datatype and scope is not None:
                     datatype = scope.types.get(name, 0)
-                if _skipped(metric, name, datatype, options):
+                if _skipped(metric, name, options):
                     continue
                 unit = _unit(metric, name, scope, path, options)
                 value, data = _metric_value(metric, datatype, path)
@@ -284,33 +296,22 @@ class SparkplugCodec:
                 # When: the metric's own time, else the payload's
                 if metric.HasField("timestamp"):
                     ts = self._ms(metric.timestamp, origin, f"{path}.timestamp")
-                elif payload_ts_bad:
-                    continue  # already rejected at $.timestamp
-                elif payload_ts is None:
-                    try:
-                        payload_ts = self._payload_ms(msg, origin)
-                    except DecodeError as exc:
-                        payload_ts_bad = True
-                        out.reject(exc.path, exc.reason)
-                        continue
-                    ts = payload_ts
                 else:
+                    if payload_ts is None and not payload_bad:
+                        try:
+                            payload_ts = self._payload_ms(msg, origin)
+                        except DecodeError as exc:
+                            # One reject for every metric that leans on it
+                            payload_bad = True
+                            out.reject(exc.path, exc.reason)
+                    if payload_ts is None:
+                        continue
                     ts = payload_ts
             except DecodeError as exc:
                 out.reject(exc.path, exc.reason)
                 continue
             out.readings.append(
-                Reading(
-                    device,
-                    name,
-                    ts,
-                    value,
-                    data,
-                    unit,
-                    origin.received,
-                    origin.transport,
-                    self.name,
-                )  # fmt: skip
+                Reading(device, name, ts, value, data, unit, received, transport, fmt)
             )
 
     def _payload_ms(self, msg: Any, origin: Origin) -> int:
@@ -378,9 +379,10 @@ def _name(
     alias = metric.alias
     if scope is None:
         raise DecodeError(
-            f"alias {alias} unknown: no birth of {device} seen since ingestd "
-            "started; a Sparkplug host would request a rebirth (NCMD Node "
-            "Control/Rebirth), which ingestd does not send",
+            f"alias {alias} unknown: no birth of {device} in force (none seen "
+            "since ingestd started, or voided by a newer NBIRTH); a Sparkplug "
+            "host would request a rebirth (NCMD Node Control/Rebirth), which "
+            "ingestd does not send",
             f"{path}.alias",
         )
     name = scope.names.get(alias)
@@ -418,7 +420,7 @@ def _define(
         scope.units[name] = unit
 
 
-def _skipped(metric: Any, name: str, datatype: int, options: SparkplugOptions) -> bool:
+def _skipped(metric: Any, name: str, options: SparkplugOptions) -> bool:
     if metric.is_null:
         return True
     if metric.is_transient and not options.transient:
@@ -430,7 +432,7 @@ def _skipped(metric: Any, name: str, datatype: int, options: SparkplugOptions) -
     ):
         return True
     kind = metric.WhichOneof("value")
-    return kind == "template_value" and metric.template_value.is_definition
+    return kind == "template_value" and bool(metric.template_value.is_definition)
 
 
 def _unit(

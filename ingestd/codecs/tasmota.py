@@ -62,8 +62,8 @@ import orjson
 from .. import clock
 from ..errors import DecodeError
 from ..model import Origin, Reading
-from ._walk import nul_inside
-from .base import MAX_NAME, Decoded
+from ._walk import array_problem
+from .base import MAX_NAME, Decoded, json_type
 
 MAX_DEPTH = 32  # nesting below the payload's root, in objects
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -129,7 +129,7 @@ class TasmotaCodec:
             reason = str(exc).split(":", 1)[0]
             raise DecodeError(f"invalid JSON: {reason}", f"byte {exc.pos}") from None
         if type(doc) is not dict:
-            raise DecodeError(f"expected a JSON object, got {_json_type(doc)}", "$")
+            raise DecodeError(f"expected a JSON object, got {json_type(doc)}", "$")
         base = "$"
         for wrapper in _WRAPPERS:
             if len(doc) == 1 and type(doc.get(wrapper)) is dict:
@@ -140,7 +140,7 @@ class TasmotaCodec:
         emit = _Emitter(self, origin, ts, out)
         units = emit.declared(doc, {}, base)
         for key, value in doc.items():
-            path = f"{base}.{key}"
+            path = _at(base, key)
             if key in _TIME_KEYS or key in _UNIT_KEYS:
                 continue
             if key in _FIRMWARE and type(value) is dict:
@@ -175,7 +175,7 @@ class TasmotaCodec:
 
     def _local_time(self, text: Any, path: str) -> int:
         if type(text) is not str:
-            raise DecodeError(f"Time must be text, got {_json_type(text)}", path)
+            raise DecodeError(f"Time must be text, got {json_type(text)}", path)
         try:
             moment = datetime.fromisoformat(text)
         except ValueError:
@@ -216,9 +216,9 @@ class TasmotaCodec:
         out: Decoded,
     ) -> None:
         for key, node in devices.items():
-            where = f"{path}.{key}"
+            where = _at(path, key)
             if type(node) is not dict:
-                out.reject(where, f"expected an object, got {_json_type(node)}")
+                out.reject(where, f"expected an object, got {json_type(node)}")
                 continue
             named = node.get("Name")
             sub = named if type(named) is str and named else key
@@ -236,7 +236,9 @@ class _Emitter:
 
     __slots__ = ("codec", "origin", "ts", "out", "units", "ignore")
 
-    def __init__(self, codec: TasmotaCodec, origin: Origin, ts: int, out: Decoded):
+    def __init__(
+        self, codec: TasmotaCodec, origin: Origin, ts: int, out: Decoded
+    ) -> None:
         self.codec = codec
         self.origin = origin
         self.ts = ts
@@ -283,7 +285,7 @@ class _Emitter:
             if key in skip or key in _UNIT_KEYS:
                 continue
             name = f"{prefix}.{key}" if prefix else key
-            self.leaf(key, name, value, f"{path}.{key}", device, units, depth)
+            self.leaf(key, name, value, _at(path, key), device, units, depth)
 
     def leaf(
         self,
@@ -297,7 +299,6 @@ class _Emitter:
     ) -> None:
         out = self.out
         if not key or "\x00" in key:
-            path = path.replace("\x00", "\\0") if key else f'{path}""'
             out.reject(path, "metric name empty or with a NUL character")
             return
         if name in self.ignore:
@@ -318,8 +319,8 @@ class _Emitter:
         elif value is None:
             out.reject(path, "null is not a value")
             return
-        elif kind is list and nul_inside(value):
-            out.reject(path, "text contains a NUL character")
+        elif kind is list and (problem := array_problem(value)) is not None:
+            out.reject(path, problem)
             return
         if len(name) > MAX_NAME:
             out.reject(path[:80] + "...", "metric name too long")
@@ -356,14 +357,23 @@ class _Emitter:
         return self.units.get(metric) or self.units.get(field)
 
 
+def _at(path: str, key: str) -> str:
+    """The path of ``key`` below ``path``, printable even for odd keys."""
+    if not key:
+        return path + '.""'
+    return path + "." + key.replace("\x00", "\\0")
+
+
 def _topic_device(origin: Origin) -> str:
     device = origin.device
     if device is None:
         # %prefix%/%topic%/<command>: Tasmota's default FullTopic
         levels = origin.source.split("/")
-        device = "/".join(levels[1:-1]) if len(levels) >= 3 else ""
+        if len(levels) < 3:
+            raise DecodeError("no device: no topic capture, no %topic% in topic")
+        device = "/".join(levels[1:-1])
     if not device or len(device) > MAX_NAME or "\x00" in device:
-        raise DecodeError("no device: no topic capture and no %topic% in topic", "$")
+        raise DecodeError("device id empty, too long or with a NUL")
     return device
 
 
@@ -373,10 +383,3 @@ def _fixed_offset(text: str) -> timezone:
     sign = -1 if text[0] == "-" else 1
     minutes = int(text[1:3]) * 60 + int(text[4:6])
     return timezone(sign * timedelta(minutes=minutes))
-
-
-def _json_type(value: Any) -> str:
-    names = {str: "string", bool: "boolean", int: "number", float: "number"}
-    if type(value) is dict:
-        return "object"
-    return names.get(type(value), "null" if value is None else "array")

@@ -50,8 +50,8 @@ import orjson
 from .. import clock
 from ..errors import DecodeError
 from ..model import Origin, Reading
-from ._walk import nul_inside
-from .base import MAX_NAME, Decoded
+from ._walk import array_problem
+from .base import MAX_NAME, Decoded, json_type
 
 MAX_DEPTH = 32  # nesting below the state object, in objects
 MAX_TRACKED = 65_536  # (device, metric) pairs remembered for repeat suppression
@@ -104,7 +104,7 @@ class Zigbee2mqttCodec:
             reason = str(exc).split(":", 1)[0]
             raise DecodeError(f"invalid JSON: {reason}", f"byte {exc.pos}") from None
         if type(doc) is not dict:
-            raise DecodeError(f"expected a JSON object, got {_json_type(doc)}", "$")
+            raise DecodeError(f"expected a JSON object, got {json_type(doc)}", "$")
 
         ts = origin.received
         skip: set[str] = set()
@@ -179,8 +179,8 @@ class Zigbee2mqttCodec:
                     continue
                 if self._bool and value in ("ON", "OFF"):
                     value = value == "ON"
-            elif kind is list and nul_inside(value):
-                out.reject(where, "text contains a NUL character")
+            elif kind is list and (problem := array_problem(value)) is not None:
+                out.reject(where, problem)
                 continue
             if len(name) > MAX_NAME:
                 out.reject(f"{path}.{key[:64]}...", "metric name too long")
@@ -202,7 +202,7 @@ class Zigbee2mqttCodec:
     def _suppress(self, out: Decoded, start: int) -> None:
         """Drop the new readings that repeat the last stored value in time."""
         last, window = self._last, self._repeat_us
-        kept = out.readings[:start]
+        kept = []
         for r in out.readings[start:]:
             key = (r.device, r.metric)
             seen = last.get(key)
@@ -218,7 +218,7 @@ class Zigbee2mqttCodec:
             if len(last) > MAX_TRACKED:
                 del last[next(iter(last))]
             kept.append(r)
-        out.readings = kept
+        out.readings[start:] = kept
 
 
 def _says_offline(payload: bytes) -> bool:
@@ -239,11 +239,6 @@ def _device_information(info: dict[str, Any], device: str, out: Decoded) -> None
     build = info.get("softwareBuildID")
     if type(build) is str and build and "\x00" not in build:
         out.firmware[device] = build[:MAX_NAME]
-
-
-def _json_type(value: Any) -> str:
-    names = {str: "string", bool: "boolean", int: "number", float: "number"}
-    return names.get(type(value), "null" if value is None else "array")
 
 
 _NONE: frozenset[str] = frozenset()

@@ -238,7 +238,10 @@ class Batcher:
                 self._wake.set()
 
     async def _flush(self, batch: Batch) -> None:
-        rows = [writer.stage_row(r) for r in batch.readings]
+        try:
+            rows = [writer.stage_row(r) for r in batch.readings]
+        except (TypeError, ValueError):  # a value a codec let through
+            rows = self._rows_apart(batch)
         started = time.perf_counter()
         backoff = 0.05
         while True:
@@ -286,6 +289,22 @@ class Batcher:
                 wake()
         if self.on_commit is not None and batch.readings:
             self.on_commit(batch.readings)
+
+    def _rows_apart(self, batch: Batch) -> list[tuple[Any, ...]]:
+        """Stage rows one by one; a reading that cannot be one is a dead letter."""
+        rows = []
+        now = datetime.now(timezone.utc)
+        for r in batch.readings:
+            try:
+                rows.append(writer.stage_row(r))
+            except (TypeError, ValueError) as exc:
+                log.pipeline.error("reading of %s not storable: %s", r.device, exc)
+                raw = repr(r).encode()[:4096]
+                batch.dead.append(
+                    (now, r.transport, "flush", _printable(r.device),
+                     f"not storable: {exc}", None, raw)
+                )  # fmt: skip
+        return rows
 
     async def _salvage(
         self, conn: asyncpg.Connection, batch: Batch, rows: list[tuple[Any, ...]]

@@ -55,7 +55,7 @@ class Bindings:
     def stamp(self, readings: list[Reading]) -> None:
         table = self._by_device
         for r in readings:
-            if r.device in table:
+            if r.order is None and r.device in table:  # a mapping may name it
                 r.order = self.order_for(r.device, r.ts)
 
 

@@ -33,6 +33,7 @@ from aiocoap.numbers.codes import Code
 from .. import clock, log, metrics
 from ..codecs import catalog
 from ..codecs.base import MAX_NAME, Codec, Decoded
+from ..codecs.mapping import Mapping
 from ..config import JSON, Coap
 from ..errors import DecodeError, IngestError
 from ..model import Origin
@@ -44,12 +45,21 @@ TRANSPORTS = {"udp": "udp6", "tcp": "tcpserver"}
 class Telemetry(aiocoap.resource.Resource, aiocoap.resource.PathCapable):
     """The ``v1/devices`` subtree: ``{device}/telemetry`` under it."""
 
-    def __init__(self, config: Coap, batcher: Batcher, window: clock.Window) -> None:
+    def __init__(
+        self,
+        config: Coap,
+        batcher: Batcher,
+        window: clock.Window,
+        mappings: dict[str, Mapping] | None = None,
+    ) -> None:
         super().__init__()
+        mappings = mappings or {}
         self.config = config
         self.batcher = batcher
         self.codecs: dict[int, Codec] = {
-            r.content_format: catalog.build(r.codec, r.options, window)
+            r.content_format: catalog.build(
+                r.codec, r.options, window, mapping=mappings.get(r.mapping or "")
+            )
             for r in config.routes
         }
         self.requests = 0
@@ -92,7 +102,7 @@ class Telemetry(aiocoap.resource.Resource, aiocoap.resource.PathCapable):
             return _diagnostic(Code(_code(exc.coap_code)), body)
 
         await self._commit(origin, decoded, payload, "")
-        if not decoded.readings:
+        if decoded.rejects and not decoded.readings:
             first = decoded.rejects[0]
             return _diagnostic(Code.BAD_REQUEST, {
                 "error": f"nothing usable: {first.reason}", "path": first.path,
@@ -148,11 +158,14 @@ def _diagnostic(code: Code, body: dict[str, Any]) -> aiocoap.Message:
 
 
 async def serve(
-    config: Coap, batcher: Batcher, window: clock.Window
+    config: Coap,
+    batcher: Batcher,
+    window: clock.Window,
+    mappings: dict[str, Mapping] | None = None,
 ) -> tuple[aiocoap.Context, Telemetry]:
     """Listen on the configured CoAP transports; returns the context."""
     site = aiocoap.resource.Site()
-    telemetry = Telemetry(config, batcher, window)
+    telemetry = Telemetry(config, batcher, window, mappings)
     site.add_resource(["v1", "devices"], telemetry)
     names = [TRANSPORTS[t] for t in config.transports]
     context = await aiocoap.Context.create_server_context(

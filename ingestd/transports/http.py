@@ -27,6 +27,7 @@ import orjson
 from .. import clock, metrics
 from ..codecs import catalog
 from ..codecs.base import MAX_NAME, Codec, Decoded
+from ..codecs.mapping import Mapping
 from ..config import Http
 from ..errors import DecodeError, IngestError
 from ..model import Origin
@@ -48,12 +49,16 @@ class TelemetryEndpoint:
         batcher: Batcher,
         window: clock.Window,
         retry_after_s: int = 1,
+        mappings: dict[str, Mapping] | None = None,
     ) -> None:
+        mappings = mappings or {}
         self.config = config
         self.batcher = batcher
         self.retry_after = b"Retry-After: %d\r\n" % retry_after_s
         self.codecs: dict[str, Codec] = {
-            r.content_type.lower(): catalog.build(r.codec, r.options, window)
+            r.content_type.lower(): catalog.build(
+                r.codec, r.options, window, mapping=mappings.get(r.mapping or "")
+            )
             for r in config.routes
         }
         self.requests = 0
@@ -94,7 +99,13 @@ class TelemetryEndpoint:
         except DecodeError as exc:
             self._refuse(request, origin, body, exc.http_status, str(exc), exc.path)
             return
-        answer = _answer_stored if decoded.readings else _answer_rejected
+        # Nothing stored and nothing wrong (a status message, a skipped
+        # subtopic) is a success with nothing to store
+        answer = (
+            _answer_rejected
+            if decoded.rejects and not decoded.readings
+            else _answer_stored
+        )
         self.batcher.submit(origin, decoded, body, (answer, (request, decoded)))
 
     def upgrade(self, conn: HttpConnection, request: Request, rest: bytes) -> None:

@@ -38,6 +38,7 @@ from gmqtt.mqtt.constants import UNLIMITED_RECONNECTS, MQTTv50, MQTTv311
 from .. import clock, log, metrics
 from ..codecs import catalog
 from ..codecs.base import Codec, Decoded
+from ..codecs.mapping import Mapping
 from ..config import Mqtt, Route
 from ..errors import IngestError, NoRoute, PayloadTooLarge
 from ..model import Origin
@@ -50,12 +51,30 @@ RECEIVE_MAXIMUM = 20_000  # MQTT 5: unacknowledged PUBLISHes the broker may send
 class MqttSubscriber:
     """Subscribes to the routes' topic filters and feeds the batcher."""
 
-    def __init__(self, config: Mqtt, batcher: Batcher, window: clock.Window) -> None:
+    def __init__(
+        self,
+        config: Mqtt,
+        batcher: Batcher,
+        window: clock.Window,
+        mappings: dict[str, Mapping] | None = None,
+    ) -> None:
+        mappings = mappings or {}
         self.config = config
         self.batcher = batcher
         self.routes: TopicRoutes[_Route] = TopicRoutes(
             [
-                (r.topic, _Route(catalog.build(r.codec, r.options, window), r))
+                (
+                    r.topic,
+                    _Route(
+                        catalog.build(
+                            r.codec,
+                            r.options,
+                            window,
+                            mapping=mappings.get(r.mapping or ""),
+                        ),
+                        r,
+                    ),
+                )
                 for r in config.routes
             ]
         )

@@ -181,7 +181,7 @@ class WebSocketSession(asyncio.Protocol):
 
     def _stored(self, token: tuple[int, Decoded]) -> None:
         seq, decoded = token
-        if decoded.readings:
+        if decoded.readings or not decoded.rejects:
             body: dict[str, Any] = {"ack": seq, "stored": len(decoded.readings)}
         else:
             first = decoded.rejects[0]
