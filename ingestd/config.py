@@ -129,9 +129,12 @@ class Coap(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 5683  # UDP, and TCP (RFC 8323) on the same number
-    transports: list[Literal["udp", "tcp"]] = msgspec.field(
+    tls_port: int = 5684  # CoAP over TLS (RFC 8323), when "tls" is listed
+    transports: list[Literal["udp", "tcp", "tls"]] = msgspec.field(
         default_factory=lambda: ["udp", "tcp"]
     )
+    certificate: str | None = None  # PEM chain for "tls"
+    private_key: str | None = None
     max_payload_bytes: int = 64 * 1024
     retry_after_s: int = 1
     routes: list[CoapRoute] = msgspec.field(
@@ -280,6 +283,12 @@ def _check(config: Config, name: str) -> None:
         )
     if p.flush_interval_ms <= 0:
         raise ConfigError(f"{name}: pipeline.flush_interval_ms must be positive")
+    c = config.coap
+    if "tls" in c.transports and not (c.certificate and c.private_key):
+        raise ConfigError(
+            f"{name}: coap.transports: 'tls' needs coap.certificate and "
+            "coap.private_key"
+        )
     for type_name, device_type in config.mappings.items():
         problem = mapping.check(device_type)
         if problem:

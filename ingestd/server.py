@@ -134,16 +134,16 @@ class Server:
         self.stopping.set()
         for server in self._servers:
             server.close()
-        if self._coap is not None:
-            self.coap.stopping = True  # type: ignore[union-attr]
+        if self.coap is not None:
+            self.coap.stopping = True
         if self.mqtt is not None:
             self.mqtt.hold()
         if self.batcher is not None:
             await self.batcher.close()
         if self.mqtt is not None:
             await self.mqtt.stop()
-        if self._coap is not None:
-            await self._coap.shutdown()
+        for context in self._coap or ():
+            await context.shutdown()
         if self.dispatcher is not None:
             await self.dispatcher.close()
         for conns in self._connections:

@@ -1,7 +1,8 @@
 """CoAP in: ``POST /v1/devices/{device_id}/telemetry`` over UDP and TCP.
 
-The protocol stack is aiocoap's (RFC 7252 over UDP, RFC 8323 over TCP, and
-over TLS once certificates are configured); this module is one resource.
+The protocol stack is aiocoap's (RFC 7252 over UDP, RFC 8323 over TCP and
+over TLS on its own port with ``coap.certificate``); this module is one
+resource.
 Content-Format picks the codec (50 JSON, 110 SenML JSON by default; a request
 without one is JSON). Block1 transfers (RFC 7959) are reassembled by aiocoap
 before the resource sees them, up to ``coap.max_payload_bytes``.
@@ -22,6 +23,7 @@ see the mTLS scope convention).
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 import aiocoap
@@ -162,16 +164,41 @@ async def serve(
     batcher: Batcher,
     window: clock.Window,
     mappings: dict[str, Mapping] | None = None,
-) -> tuple[aiocoap.Context, Telemetry]:
-    """Listen on the configured CoAP transports; returns the context."""
+) -> tuple[list[aiocoap.Context], Telemetry]:
+    """Listen on the configured CoAP transports; returns their contexts."""
     site = aiocoap.resource.Site()
     telemetry = Telemetry(config, batcher, window, mappings)
     site.add_resource(["v1", "devices"], telemetry)
-    names = [TRANSPORTS[t] for t in config.transports]
-    context = await aiocoap.Context.create_server_context(
-        site, bind=(config.host, config.port), transports=names,
-        loggername="ingestd.coap.stack",
+    contexts = []
+    plain = [TRANSPORTS[t] for t in config.transports if t in TRANSPORTS]
+    if plain:
+        contexts.append(
+            await aiocoap.Context.create_server_context(
+                site,
+                bind=(config.host, config.port),
+                transports=plain,
+                loggername="ingestd.coap.stack",
+            )  # fmt: skip
+        )
+    if "tls" in config.transports:
+        # aiocoap takes the server's TLS context through this argument
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(config.certificate, config.private_key)  # type: ignore[arg-type]
+        tls.set_alpn_protocols(["coap"])
+        contexts.append(
+            await aiocoap.Context.create_server_context(
+                site,
+                # aiocoap's TLS server listens on the port it is given plus
+                # one (5683 -> 5684), so it is given the one below
+                bind=(config.host, config.tls_port - 1),
+                transports=["tlsserver"],
+                loggername="ingestd.coap.stack",
+                _ssl_context=tls,
+            )  # fmt: skip
+        )
+    log.coap.info(
+        "listening on %s:%d (%s)%s", config.host, config.port,
+        ", ".join(t for t in config.transports if t != "tls"),
+        f", TLS on {config.tls_port}" if "tls" in config.transports else "",
     )  # fmt: skip
-    log.coap.info("listening on %s:%d (%s)", config.host, config.port,
-                  ", ".join(config.transports))  # fmt: skip
-    return context, telemetry
+    return contexts, telemetry
