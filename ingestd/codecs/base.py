@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
+
+import orjson
 
 from ..clock import Window
+from ..errors import DecodeError
 from ..model import Origin, Reading, Reject
 
 MAX_NAME = 256  # longest device id or metric name accepted, in characters
@@ -42,6 +45,23 @@ class Codec(Protocol):
     def decode(self, payload: bytes, origin: Origin, out: Decoded) -> None:
         """Fill ``out``; raise ``DecodeError`` if nothing could be used."""
         ...
+
+
+def parse_json(payload: bytes) -> Any:
+    """A JSON document, or DecodeError naming the byte where it went wrong."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        reason = str(exc).split(":", 1)[0]
+        raise DecodeError(f"invalid JSON: {reason}", f"byte {exc.pos}") from None
+
+
+def parse_json_object(payload: bytes) -> dict[str, Any]:
+    """A JSON object, or DecodeError: for formats whose messages are objects."""
+    doc = parse_json(payload)
+    if type(doc) is not dict:
+        raise DecodeError(f"expected an object, got {json_type(doc)}", "$")
+    return doc  # type: ignore[no-any-return]
 
 
 def json_type(value: object) -> str:

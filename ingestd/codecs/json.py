@@ -23,12 +23,11 @@ import os
 from typing import Any, Literal
 
 import msgspec
-import orjson
 
 from .. import clock
 from ..errors import DecodeError
 from ..model import Origin
-from .base import MAX_NAME, Decoded, json_type
+from .base import MAX_NAME, Decoded, json_type, parse_json
 
 if os.environ.get("INGESTD_NO_EXTENSIONS") == "1":
     from ._walk import Walker
@@ -80,11 +79,7 @@ class JsonCodec:
         self._root = options.root.split(".") if options.root else []
 
     def decode(self, payload: bytes, origin: Origin, out: Decoded) -> None:
-        try:
-            doc = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            reason = str(exc).split(":", 1)[0]
-            raise DecodeError(f"invalid JSON: {reason}", f"byte {exc.pos}") from None
+        doc = parse_json(payload)
         self.decode_document(doc, origin, out)
 
     def decode_document(self, doc: Any, origin: Origin, out: Decoded) -> None:

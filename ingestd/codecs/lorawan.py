@@ -53,13 +53,12 @@ import re
 from typing import Any, Literal
 
 import msgspec
-import orjson
 
 from .. import clock
 from ..errors import DecodeError
 from ..model import Origin, Reading
 from ._walk import array_problem
-from .base import MAX_NAME, Decoded, json_type
+from .base import MAX_NAME, Decoded, json_type, parse_json_object
 
 MAX_DEPTH = 32  # nesting of the decoded object, in objects
 DEVEUI = re.compile(r"[0-9A-Fa-f]{16}")
@@ -115,13 +114,7 @@ class _NetworkServer:
         self._ignore = frozenset(options.ignore)
 
     def decode(self, payload: bytes, origin: Origin, out: Decoded) -> None:
-        try:
-            doc = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            reason = str(exc).split(":", 1)[0]
-            raise DecodeError(f"invalid JSON: {reason}", f"byte {exc.pos}") from None
-        if type(doc) is not dict:
-            raise DecodeError(f"expected an object, got {json_type(doc)}", "$")
+        doc = parse_json_object(payload)
         up = self._read(doc, origin, out)
         if up.eui is not None:
             out.aliases.append(("lorawan", up.eui, up.device))

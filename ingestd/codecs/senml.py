@@ -36,12 +36,11 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
-import orjson
 
 from .. import clock
 from ..errors import DecodeError
 from ..model import Origin, Reading
-from .base import MAX_NAME, Decoded, json_type
+from .base import MAX_NAME, Decoded, json_type, parse_json
 
 RELATIVE_LIMIT = 2**28  # sec. 4.5.3: smaller resolved times are relative
 _NUMBER = (int, float)
@@ -91,11 +90,7 @@ class SenmlCodec:
         self._units = UnitTable(options.units) if options.units else None
 
     def decode(self, payload: bytes, origin: Origin, out: Decoded) -> None:
-        try:
-            pack = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            reason = str(exc).split(":", 1)[0]
-            raise DecodeError(f"invalid JSON: {reason}", f"byte {exc.pos}") from None
+        pack = parse_json(payload)
         if type(pack) is not list:
             raise DecodeError("a SenML pack is an array of records", "$")
         metric = self.options.metric

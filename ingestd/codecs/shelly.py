@@ -48,13 +48,12 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-import orjson
 
 from .. import clock
 from ..errors import DecodeError
 from ..model import Origin, Reading
 from ._walk import array_problem
-from .base import MAX_NAME, Decoded, json_type
+from .base import MAX_NAME, Decoded, json_type, parse_json_object
 
 MAX_DEPTH = 16  # nesting inside one component, in objects
 STATUS_METHODS = ("NotifyStatus", "NotifyFullStatus")
@@ -86,13 +85,7 @@ class ShellyCodec:
         self._system = frozenset(options.system)
 
     def decode(self, payload: bytes, origin: Origin, out: Decoded) -> None:
-        try:
-            doc = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            reason = str(exc).split(":", 1)[0]
-            raise DecodeError(f"invalid JSON: {reason}", f"byte {exc.pos}") from None
-        if type(doc) is not dict:
-            raise DecodeError(f"expected an object, got {json_type(doc)}", "$")
+        doc = parse_json_object(payload)
         if "method" in doc:
             self._notification(doc, origin, out)
         elif "src" in doc:

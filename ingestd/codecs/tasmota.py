@@ -57,13 +57,12 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
-import orjson
 
 from .. import clock
 from ..errors import DecodeError
 from ..model import Origin, Reading
 from ._walk import array_problem
-from .base import MAX_NAME, Decoded, json_type
+from .base import MAX_NAME, Decoded, json_type, parse_json_object
 
 MAX_DEPTH = 32  # nesting below the payload's root, in objects
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -123,13 +122,7 @@ class TasmotaCodec:
             if payload.strip() == b"Offline":
                 out.offline.append(device)
             return
-        try:
-            doc = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            reason = str(exc).split(":", 1)[0]
-            raise DecodeError(f"invalid JSON: {reason}", f"byte {exc.pos}") from None
-        if type(doc) is not dict:
-            raise DecodeError(f"expected a JSON object, got {json_type(doc)}", "$")
+        doc = parse_json_object(payload)
         base = "$"
         for wrapper in _WRAPPERS:
             if len(doc) == 1 and type(doc.get(wrapper)) is dict:

@@ -51,7 +51,7 @@ from .. import clock
 from ..errors import DecodeError
 from ..model import Origin, Reading
 from ._walk import array_problem
-from .base import MAX_NAME, Decoded, json_type
+from .base import MAX_NAME, Decoded, parse_json_object
 
 MAX_DEPTH = 32  # nesting below the state object, in objects
 MAX_TRACKED = 65_536  # (device, metric) pairs remembered for repeat suppression
@@ -98,13 +98,7 @@ class Zigbee2mqttCodec:
                 out.offline.append("/".join(levels[:-1]))
             return
 
-        try:
-            doc = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            reason = str(exc).split(":", 1)[0]
-            raise DecodeError(f"invalid JSON: {reason}", f"byte {exc.pos}") from None
-        if type(doc) is not dict:
-            raise DecodeError(f"expected a JSON object, got {json_type(doc)}", "$")
+        doc = parse_json_object(payload)
 
         ts = origin.received
         skip: set[str] = set()
