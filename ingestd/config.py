@@ -18,6 +18,8 @@ import msgspec
 from .codecs import catalog, mapping
 from .codecs.mapping import Mapping
 from .errors import ConfigError
+from .transports.amqp import AmqpFeed
+from .transports.nats import NatsFeed
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -167,6 +169,8 @@ class Config(_Section):
     coap: Coap = msgspec.field(default_factory=Coap)
     admin: Admin = msgspec.field(default_factory=Admin)
     orders: Orders = msgspec.field(default_factory=Orders)
+    amqp: AmqpFeed = msgspec.field(default_factory=AmqpFeed)
+    nats: NatsFeed = msgspec.field(default_factory=NatsFeed)
     mappings: dict[str, Mapping] = msgspec.field(default_factory=dict)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -297,6 +301,8 @@ def _check(config: Config, name: str) -> None:
         *((f"mqtt.routes[{i}]", r) for i, r in enumerate(config.mqtt.routes)),
         *((f"http.routes[{i}]", r) for i, r in enumerate(config.http.routes)),
         *((f"coap.routes[{i}]", r) for i, r in enumerate(config.coap.routes)),
+        *((f"amqp.routes[{i}]", r) for i, r in enumerate(config.amqp.routes)),
+        *((f"nats.routes[{i}]", r) for i, r in enumerate(config.nats.routes)),
     ]
     for where, route in routes:
         if isinstance(route, Route) and route.topic.count("{device}") > 1:

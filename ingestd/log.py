@@ -18,6 +18,8 @@ pipeline = logging.getLogger("ingestd.pipeline")
 orders = logging.getLogger("ingestd.orders")
 security = logging.getLogger("ingestd.security")
 storage = logging.getLogger("ingestd.storage")
+amqp = logging.getLogger("ingestd.amqp")
+nats = logging.getLogger("ingestd.nats")
 
 
 def configure(level: str = "info") -> None:

@@ -22,8 +22,10 @@ from .pipeline.batcher import Batcher
 from .pipeline.bindings import Bindings
 from .storage import database
 from .transports import coap, http1
+from .transports.amqp import AmqpConsumer
 from .transports.http import TelemetryEndpoint
 from .transports.mqtt import MqttSubscriber
+from .transports.nats import NatsConsumer
 
 OFFLINE = """
 UPDATE ingestd.devices SET status = 'offline'
@@ -40,6 +42,8 @@ class Server:
         self.mqtt: MqttSubscriber | None = None
         self.http: TelemetryEndpoint | None = None
         self.coap: coap.Telemetry | None = None
+        self.amqp: AmqpConsumer | None = None
+        self.nats: NatsConsumer | None = None
         self._coap: Any = None
         self._servers: list[asyncio.Server] = []
         self._connections: list[set[http1.HttpConnection]] = []
@@ -113,6 +117,12 @@ class Server:
         if cfg.mqtt.enabled:
             self.mqtt = MqttSubscriber(cfg.mqtt, self.batcher, window, cfg.mappings)
             await self.mqtt.start()
+        if cfg.amqp.enabled:
+            self.amqp = AmqpConsumer(cfg.amqp, self.batcher, window, cfg.mappings)
+            await self.amqp.start()  # connects in the background
+        if cfg.nats.enabled:
+            self.nats = NatsConsumer(cfg.nats, self.batcher, window, cfg.mappings)
+            await self.nats.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self._count()))
         self.ready.set()
         log.root.info("ingestd ready")
@@ -120,10 +130,15 @@ class Server:
     def health(self) -> dict[str, Any]:
         batcher = self.batcher
         mqtt_ok = self.mqtt is None or self.mqtt.connected.is_set()
+        amqp_ok = self.amqp is None or self.amqp.connected.is_set()
+        nats_ok = self.nats is None or self.nats.connected.is_set()
         pending = batcher.pending if batcher else 0
+        feeds_ok = mqtt_ok and amqp_ok and nats_ok
         return {
-            "ok": bool(batcher) and mqtt_ok and not self.stopping.is_set(),
+            "ok": bool(batcher) and feeds_ok and not self.stopping.is_set(),
             "mqtt_connected": mqtt_ok,
+            "amqp_connected": amqp_ok,
+            "nats_connected": nats_ok,
             "pending_readings": pending,
             "committed_readings": batcher.committed_readings if batcher else 0,
             "order_updates": self.dispatcher.written if self.dispatcher else 0,
@@ -138,10 +153,16 @@ class Server:
             self.coap.stopping = True
         if self.mqtt is not None:
             self.mqtt.hold()
+        for feed in (self.amqp, self.nats):
+            if feed is not None:
+                feed.hold()
         if self.batcher is not None:
             await self.batcher.close()
         if self.mqtt is not None:
             await self.mqtt.stop()
+        for feed in (self.amqp, self.nats):
+            if feed is not None:
+                await feed.stop()  # after the last flush, so its acks go out
         for context in self._coap or ():
             await context.shutdown()
         if self.dispatcher is not None:
@@ -174,13 +195,15 @@ class Server:
 
     async def _count(self) -> None:
         # Per-message counters are plain ints on the hot path; publish deltas.
-        seen = {"mqtt": 0, "http": 0, "coap": 0}
+        seen = {"mqtt": 0, "http": 0, "coap": 0, "amqp": 0, "nats": 0}
         while True:
             await asyncio.sleep(1.0)
             now = {
                 "mqtt": self.mqtt.messages if self.mqtt else 0,
                 "http": self.http.requests if self.http else 0,
                 "coap": self.coap.requests if self.coap else 0,
+                "amqp": self.amqp.messages if self.amqp else 0,
+                "nats": self.nats.messages if self.nats else 0,
             }
             for name, count in now.items():
                 if count > seen[name]:
