@@ -49,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         return _workers(args, cfg)
     from .server import serve as serve_forever
 
-    return _run(serve_forever(cfg))
+    try:
+        return _run(serve_forever(cfg))
+    except OSError as exc:  # a port in use, an address not here
+        print(f"ingestd: cannot start: {exc}", file=sys.stderr)
+        return 2
 
 
 def _run(coro: object) -> int:

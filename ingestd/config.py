@@ -11,19 +11,24 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
+from . import clock
 from .codecs import catalog, mapping
 from .codecs.mapping import Mapping
-from .errors import ConfigError
+from .errors import ConfigError, DecodeError
+from .transports import routes as topics
 from .transports.amqp import AmqpFeed
 from .transports.nats import NatsFeed
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass
+
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 
 
 class Database(_Section):
@@ -74,7 +79,7 @@ class HttpRoute(_Section):
 class Mqtt(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = 1883
+    port: Port = 1883
     client_id: str = "ingestd"
     username: str | None = None
     password: str | None = None
@@ -96,10 +101,11 @@ class Mqtt(_Section):
 class Http(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: Port = 8080
     max_body_bytes: int = 1024 * 1024
     max_header_bytes: int = 16 * 1024
     idle_timeout_s: float = 60.0
+    header_timeout_s: float = 10.0  # a request head slower than this: closed
     routes: list[HttpRoute] = msgspec.field(
         default_factory=lambda: [
             HttpRoute(content_type="application/json", codec="json"),
@@ -130,8 +136,8 @@ class CoapRoute(_Section):
 class Coap(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = 5683  # UDP, and TCP (RFC 8323) on the same number
-    tls_port: int = 5684  # CoAP over TLS (RFC 8323), when "tls" is listed
+    port: Port = 5683  # UDP, and TCP (RFC 8323) on the same number
+    tls_port: Port = 5684  # CoAP over TLS (RFC 8323), when "tls" is listed
     transports: list[Literal["udp", "tcp", "tls"]] = msgspec.field(
         default_factory=lambda: ["udp", "tcp"]
     )
@@ -151,7 +157,7 @@ class Coap(_Section):
 class Admin(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = 9464
+    port: Port = 9464
 
 
 class Orders(_Section):
@@ -187,6 +193,8 @@ def load(path: str | os.PathLike[str] | None) -> Config:
         text = Path(path).read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc}") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -287,6 +295,10 @@ def _check(config: Config, name: str) -> None:
         )
     if p.flush_interval_ms <= 0:
         raise ConfigError(f"{name}: pipeline.flush_interval_ms must be positive")
+    try:
+        clock.from_text(p.plausible_from, "pipeline.plausible_from")
+    except DecodeError as exc:
+        raise ConfigError(f"{name}: pipeline.plausible_from: {exc.reason}") from None
     c = config.coap
     if "tls" in c.transports and not (c.certificate and c.private_key):
         raise ConfigError(
@@ -307,6 +319,8 @@ def _check(config: Config, name: str) -> None:
     for where, route in routes:
         if isinstance(route, Route) and route.topic.count("{device}") > 1:
             raise ConfigError(f"{name}: {where}.topic: one {{device}} only")
+        if where.startswith("mqtt.") and (problem := topics.check(route.topic)):
+            raise ConfigError(f"{name}: {where}.topic: {problem}")
         _check_codec(name, where, route.codec, route.options)
         if route.mapping is not None and route.mapping not in config.mappings:
             raise ConfigError(

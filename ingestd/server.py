@@ -8,6 +8,7 @@ flush and acknowledge what was taken, then close; the exit status is 0.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from typing import Any
 
@@ -26,6 +27,10 @@ from .transports.amqp import AmqpConsumer
 from .transports.http import TelemetryEndpoint
 from .transports.mqtt import MqttSubscriber
 from .transports.nats import NatsConsumer
+
+# Ports are shared (SO_REUSEPORT) only between the processes of --workers:
+# otherwise a second server on the same port must fail, not split traffic.
+WORKERS = "INGESTD_WORKER" in os.environ
 
 OFFLINE = """
 UPDATE ingestd.devices SET status = 'offline'
@@ -96,7 +101,8 @@ class Server:
             server, conns, sweeper = await http1.serve(
                 self.http, h.host, h.port, h.max_body_bytes, h.max_header_bytes,
                 h.idle_timeout_s, refused=self.http.refused,
-                upgrade=self.http.upgrade, reuse_port=True,
+                upgrade=self.http.upgrade, reuse_port=WORKERS,
+                header_timeout=h.header_timeout_s,
             )  # fmt: skip
             self._servers.append(server)
             self._connections.append(conns)
@@ -106,7 +112,7 @@ class Server:
             a = cfg.admin
             server, conns, sweeper = await http1.serve(
                 AdminEndpoint(self.health), a.host, a.port, 4096, 16384, 60.0,
-                reuse_port=True,
+                reuse_port=WORKERS,
             )  # fmt: skip
             self._servers.append(server)
             self._tasks.append(sweeper)

@@ -68,3 +68,31 @@ def test_config_error_stops_start_up_with_exit_2(tmp_path: Path) -> None:
 def test_schema_file_matches_the_reading_struct() -> None:
     on_disk = json.loads((ROOT / "schemas" / "reading.schema.json").read_text())
     assert on_disk == json_schema(), "run: python -m ingestd schema > schemas/..."
+
+
+async def test_port_in_use_stops_start_up_with_exit_2(
+    tmp_path: Path, pg_uri: str, run_id: str
+) -> None:
+    import asyncio
+    import socket
+
+    from bench import harness
+
+    dsn = await harness.create_database(pg_uri, f"t_clash_{run_id}")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = tmp_path / "clash.toml"
+        path.write_text(
+            f'[database]\ndsn = "{dsn}"\n[mqtt]\nenabled = false\n'
+            f"[coap]\nenabled = false\n[admin]\nenabled = false\n"
+            f"[http]\nport = {port}\n"
+        )
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "ingestd", "serve", "--config", str(path)],
+            capture_output=True, text=True, timeout=60, cwd=ROOT,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "cannot start" in done.stderr and "in use" in done.stderr

@@ -57,3 +57,42 @@ async def test_registry_marks_silent_devices_offline(
         await client.close()
     finally:
         await server.stop()
+
+
+async def test_http_slowloris_head_is_cut_off(
+    pg_uri: str, run_id: str, tmp_path: Path
+) -> None:
+    dsn = await harness.create_database(pg_uri, f"t_slowloris_{run_id}")
+    cfg = msgspec.convert(
+        {
+            "database": {"dsn": dsn, "state_dir": str(tmp_path)},
+            "mqtt": {"enabled": False},
+            "coap": {"enabled": False},
+            "admin": {"enabled": False},
+            "http": {"port": harness.free_port(), "header_timeout_s": 1.0},
+        },
+        config.Config,
+    )
+    server = Server(cfg)
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", cfg.http.port)
+        writer.write(b"POST /v1/devices/slow/telemetry HTTP/1.1\r\n")
+        started = asyncio.get_running_loop().time()
+        closed = False
+        for _ in range(20):  # one header byte every 0.25 s, never finishing
+            try:
+                writer.write(b"X")
+                await writer.drain()
+                if await asyncio.wait_for(reader.read(1), 0.25) == b"":
+                    closed = True
+                    break
+            except (TimeoutError, ConnectionError):
+                if reader.at_eof():
+                    closed = True
+                    break
+        elapsed = asyncio.get_running_loop().time() - started
+        writer.close()
+        assert closed and elapsed < 4.0, elapsed
+    finally:
+        await server.stop()

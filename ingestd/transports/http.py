@@ -75,7 +75,11 @@ class TelemetryEndpoint:
         if request.method != "POST":
             request.answer(405, b'{"error": "use POST"}', extra=b"Allow: POST\r\n")
             return
-        device = unquote(url[len(PREFIX) : -len(SUFFIX)].decode("utf-8", "replace"))
+        try:
+            raw_id = url[len(PREFIX) : -len(SUFFIX)].decode("ascii")
+            device = unquote(raw_id, errors="strict")
+        except UnicodeDecodeError:
+            device = ""  # not UTF-8 once decoded: refused below
         origin = Origin(device, "http", received, request.peer)
         if not device or "/" in device or "\x00" in device or len(device) > MAX_NAME:
             self._refuse(request, origin, body, 404, "bad device id in path")

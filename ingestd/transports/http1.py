@@ -7,7 +7,8 @@ connection may be pipelined, and are answered in the order they came even
 when a later one is answered first (a 400 while a 202 awaits its commit).
 
 Limits: header bytes, body bytes (413 as soon as Content-Length or the
-body passes it), and idle connections, which also ends a slowloris sender.
+body passes it), idle connections, and the time a request head may take to
+arrive, which ends a slowloris sender whose bytes keep the link "active".
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import httptools
 
 from .. import log
 
+HEAD_S = 10.0  # the longest a request line and headers may take to arrive
 LINGER_S = 2.0  # how long a refused connection's remaining bytes are drained
 
 
@@ -100,6 +102,7 @@ class HttpConnection(asyncio.Protocol):
         self._header_bytes = 0
         self._body_bytes = 0
         self._closing = False
+        self._head_started = 0.0  # when the request head now arriving began
 
     # -- asyncio.Protocol --------------------------------------------
 
@@ -148,6 +151,7 @@ class HttpConnection(asyncio.Protocol):
     # -- httptools callbacks -----------------------------------------
 
     def on_message_begin(self) -> None:
+        self._head_started = time.monotonic()
         self._url = b""
         self._header_bytes = 0
         self._body_bytes = 0
@@ -163,6 +167,7 @@ class HttpConnection(asyncio.Protocol):
         self._request.headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
+        self._head_started = 0.0
         request = self._request or Request(self, "", self._url)
         self._request = request
         request.method = self.parser.get_method().decode("ascii", "replace")
@@ -238,8 +243,14 @@ class HttpConnection(asyncio.Protocol):
         if request not in self._queue:
             self._queue.append(request)
 
-    def close_if_idle(self, now: float, idle: float) -> None:
-        if now - self.last_active > idle and self.transport is not None:
+    def close_if_idle(self, now: float, idle: float, head: float = HEAD_S) -> None:
+        """Close a connection silent for ``idle`` seconds, or one whose
+        request head has taken over ``head`` seconds however slowly its
+        bytes trickle in (slowloris)."""
+        if self.transport is None:
+            return
+        slow_head = self._head_started and now - self._head_started > head
+        if now - self.last_active > idle or slow_head:
             self.transport.close()
 
 
@@ -262,6 +273,7 @@ async def serve(
     refused: Callable[[Request, int, str], None] | None = None,
     upgrade: Callable[[HttpConnection, Request, bytes], None] | None = None,
     reuse_port: bool = False,
+    header_timeout: float = HEAD_S,
 ) -> tuple[asyncio.Server, set[HttpConnection], asyncio.Task[None]]:
     """Listen; returns the server, its live connections and the idle sweeper."""
     loop = asyncio.get_running_loop()
@@ -275,9 +287,9 @@ async def serve(
 
     async def sweep() -> None:
         while True:
-            await asyncio.sleep(min(1.0, idle_timeout / 4))
+            await asyncio.sleep(min(1.0, idle_timeout / 4, header_timeout / 4))
             now = time.monotonic()
             for conn in list(connections):
-                conn.close_if_idle(now, idle_timeout)
+                conn.close_if_idle(now, idle_timeout, header_timeout)
 
     return server, connections, loop.create_task(sweep())

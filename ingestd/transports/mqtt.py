@@ -37,7 +37,7 @@ from gmqtt.mqtt.constants import UNLIMITED_RECONNECTS, MQTTv50, MQTTv311
 
 from .. import clock, log, metrics
 from ..codecs import catalog
-from ..codecs.base import Codec, Decoded
+from ..codecs.base import MAX_NAME, Codec, Decoded
 from ..codecs.mapping import Mapping
 from ..config import Mqtt, Route
 from ..errors import IngestError, NoRoute, PayloadTooLarge
@@ -45,6 +45,8 @@ from ..model import Origin
 from ..pipeline.batcher import Batcher
 from .routes import TopicRoutes
 
+KEPT_OF_REFUSED = 4096  # bytes of an oversized payload kept as its dead letter
+DRAIN_S = 0.2  # at stop, reading (and dropping) before DISCONNECT
 RECEIVE_MAXIMUM = 20_000  # MQTT 5: unacknowledged PUBLISHes the broker may send
 
 
@@ -137,8 +139,17 @@ class MqttSubscriber:
             transport.pause_reading()
 
     async def stop(self) -> None:
-        """Stop taking messages; unacknowledged ones stay with the broker."""
+        """Stop taking messages; unacknowledged ones stay with the broker.
+
+        The socket is read (and what arrives dropped, unacknowledged) for a
+        moment before DISCONNECT: closing it with unread bytes would reset
+        the connection, and the broker would lose the last PUBACKs with it.
+        """
         self._stopping = True
+        transport = self._transport()
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+            await asyncio.sleep(DRAIN_S)
         self._generation += 1  # nothing more is acknowledged on this link
         await self.client.disconnect()
 
@@ -183,6 +194,8 @@ class MqttSubscriber:
         except IngestError as exc:
             if ack is not None:  # MQTT 5 says why in the PUBACK
                 ack = (self._acknowledge, (*ack[1], exc))
+            if len(payload) > self.config.max_payload_bytes:
+                payload = payload[:KEPT_OF_REFUSED]
             batcher.dead_letter(origin, payload, str(exc), ack)
         except Exception as exc:  # a codec bug must not kill the stream
             log.mqtt.exception("decoding a message on %s failed", topic)
@@ -195,7 +208,7 @@ class MqttSubscriber:
     def _decode(
         self, topic: str, payload: bytes, props: Any, origin: Origin, out: Decoded
     ) -> None:
-        if len(topic) > self.config.max_topic_bytes:
+        if len(topic.encode()) > self.config.max_topic_bytes:
             raise NoRoute("topic too long", "topic")
         for route, device in self.routes.match_all(topic):
             if route.conditional and not route.takes(props):
@@ -205,6 +218,8 @@ class MqttSubscriber:
             break
         else:
             raise NoRoute("no route for topic", "topic")
+        if device is not None and (len(device) > MAX_NAME or "\x00" in device):
+            raise NoRoute("device id in topic too long or with NUL", "topic")
         if len(payload) > self.config.max_payload_bytes:
             raise PayloadTooLarge(
                 f"payload over {self.config.max_payload_bytes} bytes", "byte 0"

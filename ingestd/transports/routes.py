@@ -55,13 +55,35 @@ class TopicRoutes(Generic[T]):
         return found[0] if found else None
 
 
+def check(pattern: str, separator: str = "/", one_level: str = "+",
+          rest: str = "#") -> str | None:  # fmt: skip
+    """Why ``pattern`` cannot be a route, or None.
+
+    A capture or a wildcard is a whole level, and only the last level may
+    take the rest of the topic; anything else makes a filter the broker
+    refuses (``v3/+@ttn/...``).
+    """
+    levels = pattern.split(separator)
+    for i, level in enumerate(levels):
+        last = i == len(levels) - 1
+        if level == rest or (m := _CAPTURE.fullmatch(level)) and m.group(2):
+            if not last:
+                return f"{level!r} takes the rest of the topic: last level only"
+        elif "{" in level or "}" in level or one_level in level or rest in level:
+            if level != one_level and not _CAPTURE.fullmatch(level):
+                return f"level {level!r}: a capture or wildcard is a whole level"
+    return None
+
+
 def _compile(pattern: str, separator: str) -> re.Pattern[str]:
     parts = _CAPTURE.split(pattern)
     regex = ""
     level = f"[^{re.escape(separator)}]+"
     # split() yields text, name, '...' or None, text, name, ...
     for i in range(0, len(parts), 3):
-        regex += re.escape(parts[i])
+        # Literal MQTT wildcards match as they would at the broker
+        text = re.escape(parts[i]).replace(r"\+", level).replace(r"\#", ".*")
+        regex += text
         if i + 1 < len(parts):
             name, rest = parts[i + 1], parts[i + 2]
             regex += f"(?P<{name}>.+)" if rest else f"(?P<{name}>{level})"

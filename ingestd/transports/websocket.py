@@ -126,7 +126,7 @@ class WebSocketSession(asyncio.Protocol):
         self._closed = True
         self.connections.discard(self)  # type: ignore[arg-type]
 
-    def close_if_idle(self, now: float, idle: float) -> None:
+    def close_if_idle(self, now: float, idle: float, head: float = 0.0) -> None:
         if now - self.last_active > idle:
             self._close(1000, "idle")
 
