@@ -12,6 +12,15 @@
   ``stored_at - ts`` is the send-to-commit latency of each reading.
 - HTTP: keep-alive connections post one request at a time; ingestd answers
   202 only after the commit, so the latency is the time until the 202.
+- CoAP over UDP (``coap``) or TCP (``coap+tcp``): a confirmable POST per
+  message from ``--connections`` client endpoints, answered 2.04 after the
+  commit.
+- WebSocket: a connection per device, messages sent without waiting and
+  each acknowledged after the commit by its sequence number.
+
+The answering transports (all but MQTT) are also read back from the
+database, so their result holds ``stored_at - ts`` next to the answer's
+latency. The CoAP and WebSocket senders are in ``senders.py``.
 
 Pacing is open-loop from one schedule: a sender that falls behind catches
 up in a burst, and how far behind it ever was goes into the result, so a
@@ -51,21 +60,14 @@ from hdrh.histogram import HdrHistogram
 
 from . import fleet, harness
 from .fleet import Device, Message
+from .senders import Answers, CoapPosters, WebSocketLinks, new_histogram, record
 
 RESULTS = harness.ROOT / "bench" / "results"
 BENCH_PG = harness.ROOT / ".ingestd" / "bench-pg"
-LOWEST_US, HIGHEST_US = 1, 120_000_000  # histogram range: 1 µs to 2 min
+VIAS = ("mqtt", "http", "coap", "coap+tcp", "websocket")
 MAX_INFLIGHT = 10_000  # unacknowledged PUBLISHes per publisher connection
 TICK_S = 0.002  # pacing step
 DRAIN_TIMEOUT_S = 60.0
-
-
-def new_histogram() -> HdrHistogram:
-    return HdrHistogram(LOWEST_US, HIGHEST_US, 3)
-
-
-def record(histogram: HdrHistogram, micros: int) -> None:
-    histogram.record_value(min(max(micros, LOWEST_US), HIGHEST_US))
 
 
 def percentiles(histogram: HdrHistogram) -> dict[str, float]:
@@ -246,7 +248,7 @@ class HttpLink:
         self._reader = self._writer = None
 
 
-class HttpPosters:
+class HttpPosters(Answers):
     """Keep-alive connections posting queued messages; 202 ends a message.
 
     A connection carries one request at a time and ingestd answers after the
@@ -258,16 +260,12 @@ class HttpPosters:
     nothing offered is dropped.
     """
 
+    answer = "the 202"
+
     def __init__(self, host: str, port: int, connections: int) -> None:
+        super().__init__()
         self.links = [HttpLink(host, port) for _ in range(connections)]
         self.queue: asyncio.Queue[Message] = asyncio.Queue()
-        self.latency = new_histogram()  # stamp to 202, per reading
-        self.statuses: dict[int, int] = {}
-        self.stored_readings = 0
-        self.answered_messages = 0
-        self.retried = 0
-        self.most_queued = 0
-        self.errors: list[str] = []
         self._workers: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -285,7 +283,7 @@ class HttpPosters:
             try:
                 await self._deliver(link, message)
             except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-                self.errors.append(f"{message.device.id}: {exc!r}")
+                self.failed(message.device.id, repr(exc))
             finally:
                 self.queue.task_done()
 
@@ -299,16 +297,8 @@ class HttpPosters:
                 break
             self.retried += 1
             await asyncio.sleep(float(headers.get("retry-after", "1")))
-        answered = fleet.now_us()
-        self.statuses[status] = self.statuses.get(status, 0) + 1
-        self.answered_messages += 1
-        if status == 202:
-            stored = int(orjson.loads(body)["stored"])
-            self.stored_readings += stored
-            for _ in range(stored):
-                record(self.latency, answered - message.stamp_us)
-        elif len(self.errors) < 20:
-            self.errors.append(f"{device.id}: {status} {body[:200]!r}")
+        stored = int(orjson.loads(body)["stored"]) if status == 202 else None
+        self.answered(message, str(status), stored, body)
 
     async def drain(self, timeout: float) -> bool:
         try:
@@ -448,6 +438,7 @@ class LocalStack:
     server: harness.IngestdProcess | None = None
     http_port: int = 0
     admin_port: int = 0
+    coap_port: int = 0  # UDP and TCP
     _own_workdir: bool = False
 
     @property
@@ -497,10 +488,12 @@ class LocalStack:
             self._own_workdir = True
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.http_port, self.admin_port = harness.free_port(), harness.free_port()
+        self.coap_port = harness.free_port()
         config = harness.config_text(
             self.dsn, self.broker_port, self.http_port, self.admin_port,
             self.workdir, mqtt_version=self.mqtt_version,
             client_id=f"ingestd-{self.database}", pipeline=self.pipeline,
+            coap_port=self.coap_port,
         )  # fmt: skip
         self.server = harness.IngestdProcess(
             config, self.workdir, self.http_port, self.admin_port
@@ -558,7 +551,7 @@ class LocalStack:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     load = parser.add_argument_group("load")
-    load.add_argument("--via", choices=("mqtt", "http"), default="mqtt")
+    load.add_argument("--via", choices=VIAS, default="mqtt")
     load.add_argument("--devices", type=int, default=300)
     load.add_argument(
         "--rate", type=float, default=5000.0, help="readings per second offered"
@@ -569,7 +562,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--publishers", type=int, default=4, help="MQTT publisher connections"
     )
     load.add_argument(
-        "--connections", type=int, default=64, help="HTTP keep-alive connections"
+        "--connections",
+        type=int,
+        default=64,
+        help="HTTP keep-alive connections, or CoAP client endpoints "
+        "(WebSocket: one connection per device)",
     )
     load.add_argument("--seed", default="1", help="fleet seed (values, not times)")
     load.add_argument("--name", help="result name (default: load-<via>-<time>)")
@@ -578,7 +575,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     target = parser.add_argument_group("a running server")
     target.add_argument("--host", default="127.0.0.1")
     target.add_argument("--broker-port", type=int)
-    target.add_argument("--http-port", type=int)
+    target.add_argument("--http-port", type=int, help="also for --via websocket")
+    target.add_argument("--coap-port", type=int, help="UDP, and TCP for coap+tcp")
     target.add_argument(
         "--dsn", help="its database, to count commits and read stored_at - ts"
     )
@@ -596,20 +594,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     own.add_argument("--ring-capacity", type=int)
 
 
+PORT_OPTIONS = {
+    "mqtt": "--broker-port",
+    "http": "--http-port",
+    "websocket": "--http-port",
+    "coap": "--coap-port",
+    "coap+tcp": "--coap-port",
+}
+
+
 def main(args: argparse.Namespace) -> int:
     import uvloop
 
-    if args.self_contained and (args.broker_port or args.http_port):
+    ports = (args.broker_port, args.http_port, args.coap_port)
+    if args.self_contained and any(ports):
         print(
             "bench load: --self-contained starts its own broker and server; "
-            "drop --broker-port/--http-port, or drop --self-contained",
+            "drop --broker-port/--http-port/--coap-port, or drop --self-contained",
             file=sys.stderr,
         )
         return 2
-    if not args.self_contained and args.broker_port is None and args.http_port is None:
+    if not args.self_contained and all(port is None for port in ports):
         args.self_contained = True
     if not args.self_contained:
-        needed = "--broker-port" if args.via == "mqtt" else "--http-port"
+        needed = PORT_OPTIONS[args.via]
         if getattr(args, needed[2:].replace("-", "_")) is None:
             print(f"bench load: --via {args.via} needs {needed}", file=sys.stderr)
             return 2
@@ -622,8 +630,9 @@ async def _load(args: argparse.Namespace) -> int:
     prefix = f"ld{started:%H%M%S}-{os.getpid()}-"  # this run's devices
     stack: LocalStack | None = None
     target = Target(
-        args.host, args.broker_port, args.http_port, args.mqtt_version, args.dsn
-    )
+        args.host, args.broker_port, args.http_port, args.mqtt_version, args.dsn,
+        coap_port=args.coap_port,
+    )  # fmt: skip
     if args.self_contained:
         knobs = {
             "flush_rows": args.flush_rows,
@@ -641,7 +650,7 @@ async def _load(args: argparse.Namespace) -> int:
         await stack.start()
         target = Target(
             "127.0.0.1", stack.broker_port, stack.http_port, stack.mqtt_version,
-            stack.dsn, stack.server_pipeline(),
+            stack.dsn, stack.server_pipeline(), stack.coap_port,
         )  # fmt: skip
 
     exit_code: int | None = 0
@@ -683,6 +692,7 @@ class Target:
     mqtt_version: int
     dsn: str | None
     pipeline: dict[str, float] | None = None  # as the server runs, when known
+    coap_port: int | None = None
 
 
 async def _run(
@@ -693,18 +703,7 @@ async def _run(
         f"load via {args.via}: {args.devices} devices, {args.rate:,.0f} readings/s, "
         f"{args.seconds:g} s, {args.readings_per_message} readings per message"
     )
-    sender: MqttPublishers | HttpPosters
-    if args.via == "mqtt":
-        assert target.broker_port is not None
-        sender = MqttPublishers(
-            target.host, target.broker_port, args.publishers,
-            target.mqtt_version, name,
-        )  # fmt: skip
-        await sender.start()
-    else:
-        assert target.http_port is not None
-        sender = HttpPosters(target.host, target.http_port, args.connections)
-        sender.start()
+    sender = await _open_sender(args, name, target, devices)
     first_send = time.monotonic()
     try:
         offered = await drive(
@@ -732,16 +731,18 @@ async def _run(
             await conn.close()
         if negative:
             readings["negative_latency_readings"] = negative
-    elif isinstance(sender, HttpPosters):
+    elif isinstance(sender, Answers):
         readings["committed"] = sender.stored_readings
     if "committed" in readings:
         readings["lost"] = offered.readings - readings["committed"]
 
-    # The latency of record: the 202 for HTTP, stored_at - ts for MQTT
+    # The latency of record: the answer where it follows the commit (HTTP,
+    # CoAP, WebSocket), stored_at - ts for MQTT
     histogram = committed_latency
-    if isinstance(sender, HttpPosters):
+    if isinstance(sender, Answers):
         histogram = sender.latency
-        result["latency_ms"] = {"source": "until the 202, which follows the commit"}
+        source = f"until {sender.answer}, which follows the commit"
+        result["latency_ms"] = {"source": source}
         if committed_latency is not None:
             result["commit_latency_ms"] = {
                 "source": "stored_at - ts",
@@ -768,8 +769,45 @@ async def _run(
     return result
 
 
+Sender = MqttPublishers | HttpPosters | CoapPosters | WebSocketLinks
+
+
+async def _open_sender(
+    args: argparse.Namespace, name: str, target: Target, devices: list[Device]
+) -> Sender:
+    """The sender for ``--via``, connected and ready to send."""
+    if args.via == "mqtt":
+        assert target.broker_port is not None
+        publishers = MqttPublishers(
+            target.host, target.broker_port, args.publishers,
+            target.mqtt_version, name,
+        )  # fmt: skip
+        await publishers.start()
+        return publishers
+    if args.via == "http":
+        assert target.http_port is not None
+        posters = HttpPosters(target.host, target.http_port, args.connections)
+        posters.start()
+        return posters
+    sender: CoapPosters | WebSocketLinks
+    if args.via == "websocket":
+        assert target.http_port is not None
+        sender = WebSocketLinks(target.host, target.http_port, devices)
+    else:
+        assert target.coap_port is not None
+        tcp = args.via == "coap+tcp"
+        sender = CoapPosters(target.host, target.coap_port, args.connections, tcp)
+    try:
+        await sender.start()
+    except BaseException:
+        await sender.stop()
+        raise
+    return sender
+
+
 def _parameters(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     mqtt = args.via == "mqtt"
+    connections = args.devices if args.via == "websocket" else args.connections
     return {
         "parameters": {
             "via": args.via,
@@ -778,7 +816,7 @@ def _parameters(args: argparse.Namespace, target: Target) -> dict[str, Any]:
             "seconds": args.seconds,
             "readings_per_message": args.readings_per_message,
             "publishers": args.publishers if mqtt else None,
-            "connections": None if mqtt else args.connections,
+            "connections": None if mqtt else connections,
             "mqtt_version": target.mqtt_version if mqtt else None,
             "seed": args.seed,
             "self_contained": args.self_contained,
@@ -787,9 +825,7 @@ def _parameters(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     }
 
 
-def _sender_counts(
-    offered: Offered, sender: MqttPublishers | HttpPosters
-) -> dict[str, Any]:
+def _sender_counts(offered: Offered, sender: Sender) -> dict[str, Any]:
     readings: dict[str, Any] = {"sent": offered.readings}
     messages: dict[str, Any] = {"sent": offered.messages}
     if isinstance(sender, MqttPublishers):
@@ -800,11 +836,17 @@ def _sender_counts(
         readings["acknowledged"] = sender.stored_readings
         messages.update(
             answered=sender.answered_messages,
-            statuses={str(k): v for k, v in sorted(sender.statuses.items())},
+            statuses=dict(sorted(sender.statuses.items())),
             retried_after_503=sender.retried,
-            most_queued=sender.most_queued,
-            errors=sender.errors[:20],
+            failed=sender.failures,
+            errors=sender.errors,
         )
+        if isinstance(sender, HttpPosters):
+            messages["most_queued"] = sender.most_queued
+        else:
+            messages["most_inflight"] = sender.most_inflight
+        if isinstance(sender, WebSocketLinks):
+            messages["reconnected"] = sender.reopened
     return {"readings": readings, "messages": messages}
 
 
@@ -842,13 +884,24 @@ def _print_summary(result: dict[str, Any]) -> None:
             f"  send-to-commit (stored_at - ts): P50 {c['p50']:.2f} ms   "
             f"P99 {c['p99']:.2f} ms   max {c['max']:.2f} ms"
         )
-    queued = result["messages"].get("most_queued", 0)
+    messages = result["messages"]
+    if messages.get("failed"):
+        print(f"{messages['failed']:,} messages failed; first: {messages['errors'][0]}")
+    queued = messages.get("most_queued", 0)
     connections = result["parameters"]["connections"] or 0
     if queued > connections:
         print(
             f"note: up to {queued:,} messages waited for one of the "
             f"{connections} connections; that wait is in the latency "
             "(--connections raises it)"
+        )
+    inflight = messages.get("most_inflight", 0)
+    if result["parameters"]["via"] == "coap" and inflight > connections:
+        print(
+            f"note: up to {inflight:,} requests were open on {connections} "
+            "endpoints; over UDP an endpoint has one confirmable request out "
+            "at a time (NSTART = 1) and aiocoap queues the others, a wait that "
+            "is in the latency (--connections raises it)"
         )
 
 

@@ -1,7 +1,8 @@
 """The bench commands run as a user runs them: ``python -m bench ...``.
 
-- ``load``, self-contained, briefly and gently over MQTT and over HTTP:
-  every reading sent is committed and the result file has percentiles.
+- ``load``, self-contained, briefly and gently over MQTT, HTTP, CoAP (UDP,
+  TCP) and WebSocket: every reading sent is committed, every answer the
+  sender waits for came, and the result file has percentiles.
 - ``replay`` of the shared JSON fixtures over HTTP: each file is answered
   2xx, or 400 with a JSON error; of the SenML fixtures over MQTT: each is
   acknowledged and readings arrive.
@@ -73,7 +74,7 @@ def json_lines(output: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
 
 
-@pytest.mark.parametrize("via", ["mqtt", "http"])
+@pytest.mark.parametrize("via", ["mqtt", "http", "coap", "coap+tcp", "websocket"])
 async def test_load_self_contained_commits_every_reading(
     via: str, server_uri: str, database_name: str, tmp_path: Path
 ) -> None:
@@ -102,6 +103,12 @@ async def test_load_self_contained_commits_every_reading(
     assert result["parameters"]["pipeline"]["flush_interval_ms"] == 10.0
     assert result["server_exit_status"] == 0
     assert result["hdr_histogram_us"]
+    if via != "mqtt":
+        # answered after the commit: each stored reading was acknowledged
+        messages = result["messages"]
+        assert readings["acknowledged"] == readings["sent"], messages
+        assert messages["answered"] == messages["sent"], messages
+        assert messages["failed"] == 0, messages
 
 
 async def test_replay_fixtures_answered_over_http_and_mqtt(
