@@ -2,7 +2,8 @@
 
 - ``demo``: a local stack and a simulated fleet for about a minute, with
   order updates, then a summary and queries to try (``make demo``).
-- ``load``: a fixed rate of readings over MQTT or HTTP; P50 to max latency
+- ``load``: a fixed rate of readings over MQTT, HTTP, WebSocket or CoAP
+  (UDP or TCP); P50 to max latency
   and the sustained rate, written to ``bench/results/<name>.json``.
 - ``replay``: send a folder of payload files to a running server and show
   what it answered for each.

@@ -13,7 +13,13 @@ be used (naming where); 4.04 for another path; 4.05 for another method; 4.13
 over the size limit; 4.15 for an unknown Content-Format; 5.03 with Max-Age
 while the buffers are full (nothing kept; the device retries). A confirmable
 request is acknowledged by aiocoap at once if the commit takes a while (a
-separate response, RFC 7252 5.2.2); its response still follows the commit.
+separate response, RFC 7252 5.2.2) after 0.1 s; its response still follows
+the commit.
+
+Known shortcoming: aiocoap's UDP server reads one datagram per loop wake-up
+with the default socket receive buffer, so bursts queue in the kernel and,
+past about 6,000 readings/s here, overflow it (see tuning.md); a larger
+SO_RCVBUF on that socket or a batched receive path would fix it.
 
 Left out: Observe and GET of stored readings (ingestd takes telemetry in, it
 does not serve it), and DTLS (devices that need security use CoAP over TLS;
