@@ -54,15 +54,3 @@ class NoRoute(DecodeError):
     http_status = 404
     coap_code = "4.04"
     mqtt_reason = 0x90  # topic name invalid
-
-
-class Overloaded(IngestError):
-    """The bounded buffers are full; the sender should retry later."""
-
-    http_status = 503
-    coap_code = "5.03"
-    mqtt_reason = 0x97  # quota exceeded
-
-
-class StorageError(IngestError):
-    """PostgreSQL refused or lost a flush; the flush will be retried."""

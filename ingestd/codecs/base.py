@@ -36,6 +36,28 @@ class Decoded:
     def reject(self, path: str, reason: str) -> None:
         self.rejects.append(Reject(path, reason))
 
+    @property
+    def usable(self) -> bool:
+        """Something was stored, or nothing was wrong (a status message)."""
+        return bool(self.readings) or not self.rejects
+
+    def rejected(self) -> list[dict[str, str]]:
+        """The rejects as the answer and the dead letter list them."""
+        return [{"path": r.path, "reason": r.reason} for r in self.rejects]
+
+    def answer(self) -> dict[str, Any]:
+        """The body every answered transport sends once this is committed:
+        ``{"stored": n, "rejected": [...]}``, or, when nothing was usable,
+        ``{"error": ..., "path": ..., "rejected": [...]}``."""
+        if self.usable:
+            body: dict[str, Any] = {"stored": len(self.readings)}
+        else:
+            first = self.rejects[0]
+            body = {"error": f"nothing usable: {first.reason}", "path": first.path}
+        if self.rejects:
+            body["rejected"] = self.rejected()
+        return body
+
 
 class Codec(Protocol):
     """One payload format, configured for one route."""

@@ -154,7 +154,7 @@ class Batcher:
             first = rejects[0] if rejects else None
             more = f" (+{len(rejects) - 1} more)" if len(rejects) > 1 else ""
             reason = f"{first.reason} - at `{first.path}`{more}" if first else "?"
-        details = orjson.dumps([{"path": r.path, "reason": r.reason} for r in rejects])
+        details = orjson.dumps(decoded.rejected() if decoded is not None else [])
         device = origin.device
         self._batch.dead.append(
             (

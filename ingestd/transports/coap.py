@@ -43,7 +43,7 @@ from ..codecs import catalog
 from ..codecs.base import MAX_NAME, Codec, Decoded
 from ..codecs.mapping import Mapping
 from ..config import JSON, Coap
-from ..errors import DecodeError, IngestError
+from ..errors import DecodeError, IngestError, PayloadTooLarge, UnsupportedFormat
 from ..model import Origin
 from ..pipeline.batcher import Batcher
 
@@ -98,31 +98,23 @@ class Telemetry(aiocoap.resource.Resource, aiocoap.resource.PathCapable):
         decoded = Decoded()
         try:
             if len(payload) > self.config.max_payload_bytes:
-                raise _TooLarge(self.config.max_payload_bytes)
+                limit = self.config.max_payload_bytes
+                raise PayloadTooLarge(f"payload over {limit} bytes", "byte 0")
             if codec is None:
-                raise _Unsupported(fmt)
+                raise UnsupportedFormat(
+                    f"unsupported Content-Format {fmt}", "content-format"
+                )
             codec.decode(payload, origin, decoded)
         except IngestError as exc:
             body = {"error": getattr(exc, "reason", str(exc))}
-            if isinstance(exc, DecodeError) and not isinstance(exc, _Unsupported):
+            if isinstance(exc, DecodeError) and not isinstance(exc, UnsupportedFormat):
                 body["path"] = exc.path
             await self._commit(origin, None, payload[:4096], str(exc))
             return _diagnostic(Code(_code(exc.coap_code)), body)
 
         await self._commit(origin, decoded, payload, "")
-        if decoded.rejects and not decoded.readings:
-            first = decoded.rejects[0]
-            return _diagnostic(Code.BAD_REQUEST, {
-                "error": f"nothing usable: {first.reason}", "path": first.path,
-                "rejected": [{"path": r.path, "reason": r.reason}
-                             for r in decoded.rejects],
-            })  # fmt: skip
-        body: dict[str, Any] = {"stored": len(decoded.readings)}
-        if decoded.rejects:
-            body["rejected"] = [
-                {"path": r.path, "reason": r.reason} for r in decoded.rejects
-            ]
-        return _diagnostic(Code.CHANGED, body)
+        code = Code.CHANGED if decoded.usable else Code.BAD_REQUEST
+        return _diagnostic(code, decoded.answer())
 
     async def _commit(
         self, origin: Origin, decoded: Decoded | None, raw: bytes, reason: str
@@ -140,20 +132,6 @@ class Telemetry(aiocoap.resource.Resource, aiocoap.resource.PathCapable):
 def _settle(done: asyncio.Future[None]) -> None:
     if not done.done():
         done.set_result(None)
-
-
-class _TooLarge(DecodeError):
-    coap_code = "4.13"
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"payload over {limit} bytes", "byte 0")
-
-
-class _Unsupported(DecodeError):
-    coap_code = "4.15"
-
-    def __init__(self, fmt: object) -> None:
-        super().__init__(f"unsupported Content-Format {fmt}", "content-format")
 
 
 def _code(dotted: str) -> int:

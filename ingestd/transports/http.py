@@ -103,14 +103,9 @@ class TelemetryEndpoint:
         except DecodeError as exc:
             self._refuse(request, origin, body, exc.http_status, str(exc), exc.path)
             return
-        # Nothing stored and nothing wrong (a status message, a skipped
-        # subtopic) is a success with nothing to store
-        answer = (
-            _answer_rejected
-            if decoded.rejects and not decoded.readings
-            else _answer_stored
+        self.batcher.submit(
+            origin, decoded, body, (_answer_decoded, (request, decoded))
         )
-        self.batcher.submit(origin, decoded, body, (answer, (request, decoded)))
 
     def upgrade(self, conn: HttpConnection, request: Request, rest: bytes) -> None:
         """``GET /v1/ws``: hand the connection to a WebSocket session."""
@@ -155,25 +150,9 @@ class TelemetryEndpoint:
         )
 
 
-def _answer_stored(token: tuple[Request, Decoded]) -> None:
+def _answer_decoded(token: tuple[Request, Decoded]) -> None:
     request, decoded = token
-    body = {"stored": len(decoded.readings)}
-    if decoded.rejects:
-        body["rejected"] = [
-            {"path": r.path, "reason": r.reason} for r in decoded.rejects
-        ]
-    request.answer(202, orjson.dumps(body))
-
-
-def _answer_rejected(token: tuple[Request, Decoded]) -> None:
-    request, decoded = token
-    first = decoded.rejects[0]
-    body = {
-        "error": f"nothing usable: {first.reason}",
-        "path": first.path,
-        "rejected": [{"path": r.path, "reason": r.reason} for r in decoded.rejects],
-    }
-    request.answer(400, orjson.dumps(body))
+    request.answer(202 if decoded.usable else 400, orjson.dumps(decoded.answer()))
 
 
 def _answer_error(token: tuple[Request, int, bytes]) -> None:

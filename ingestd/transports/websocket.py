@@ -181,17 +181,7 @@ class WebSocketSession(asyncio.Protocol):
 
     def _stored(self, token: tuple[int, Decoded]) -> None:
         seq, decoded = token
-        if decoded.readings or not decoded.rejects:
-            body: dict[str, Any] = {"ack": seq, "stored": len(decoded.readings)}
-        else:
-            first = decoded.rejects[0]
-            body = {"ack": seq, "error": f"nothing usable: {first.reason}",
-                    "path": first.path}  # fmt: skip
-        if decoded.rejects:
-            body["rejected"] = [
-                {"path": r.path, "reason": r.reason} for r in decoded.rejects
-            ]
-        self._answer(orjson.dumps(body))
+        self._answer(orjson.dumps({"ack": seq, **decoded.answer()}))
 
     def _answer(self, body: bytes) -> None:
         if not self._closed:
