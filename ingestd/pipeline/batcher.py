@@ -121,12 +121,9 @@ class Batcher:
                 self.bindings.stamp(readings)
             batch.readings.extend(readings)
             fmt = readings[0].format
-            device = origin.device
-            if device is None or readings[-1].device != device:
-                for name in {r.device for r in readings}:
-                    self._touch(batch, name, received, origin.transport, fmt)
-            else:
-                self._touch(batch, device, received, origin.transport, fmt)
+            # Usually one device; gateways and aliases can name several
+            for name in {r.device for r in readings}:
+                self._touch(batch, name, received, origin.transport, fmt)
         if decoded.firmware:
             for name, version in decoded.firmware.items():
                 if name in batch.devices:
@@ -140,7 +137,12 @@ class Batcher:
         self.pending += weight
         if len(batch.readings) >= self.flush_rows:
             self._wake.set()
-        elif self._timer is None:
+        else:
+            self._arm()
+
+    def _arm(self) -> None:
+        """Start the flush timer for the open batch, unless it runs already."""
+        if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(
                 self.interval, self._wake.set
             )
@@ -178,10 +180,7 @@ class Batcher:
             batch.acks.append(ack)
         batch.weight += 1
         self.pending += 1
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(
-                self.interval, self._wake.set
-            )
+        self._arm()
 
     @staticmethod
     def _touch(batch: Batch, device: str, seen: int, transport: str, fmt: str) -> None:
@@ -226,16 +225,11 @@ class Batcher:
                 # acknowledged, so MQTT redelivers it and HTTP senders retry.
                 log.pipeline.exception("flush failed; batch not acknowledged")
                 self.pending -= batch.weight
-            if self._batch.weight and (
-                self._closing or len(self._batch.readings) >= self.flush_rows
-            ):
+            # What filled meanwhile: flush now if full (or closing), else time it
+            if self._closing or len(self._batch.readings) >= self.flush_rows:
                 self._wake.set()
-            elif self._batch.weight and self._timer is None:
-                self._timer = asyncio.get_running_loop().call_later(
-                    self.interval, self._wake.set
-                )
-            elif self._closing:
-                self._wake.set()
+            elif self._batch.weight:
+                self._arm()
 
     async def _flush(self, batch: Batch) -> None:
         try:

@@ -24,8 +24,6 @@ ORDER BY device_id, valid_from
 
 
 def _us(moment: datetime) -> int:
-    if moment == datetime.min.replace(tzinfo=timezone.utc):
-        return -_FAR
     delta = moment - _EPOCH
     return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
@@ -59,12 +57,10 @@ class Bindings:
                 r.order = self.order_for(r.device, r.ts)
 
 
-def _bound(value: datetime | float) -> int:
-    # asyncpg returns +-infinity timestamps as datetime.max / datetime.min
-    if isinstance(value, datetime):
-        if value.year >= 9999:
-            return _FAR
-        if value.year <= 1:
-            return -_FAR
-        return _us(value)
-    return _FAR if value > 0 else -_FAR
+def _bound(value: datetime) -> int:
+    # asyncpg returns +-infinity timestamps as naive datetime.max / .min
+    if value.year >= 9999:
+        return _FAR
+    if value.year <= 1:
+        return -_FAR
+    return _us(value)
