@@ -44,16 +44,13 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import msgspec
 
 from .. import clock, log, metrics
-from ..codecs import catalog
-from ..codecs.base import Codec, Decoded
+from ..codecs.base import Decoded
 from ..codecs.mapping import Mapping
 from ..errors import IngestError, NoRoute, PayloadTooLarge
 from ..model import Origin
-from .routes import TopicRoutes
+from . import routes
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping as Headers
-
     import aio_pika
     import aiormq
     from aiormq.abc import DeliveredMessage
@@ -130,7 +127,7 @@ class AmqpConsumer:
     ) -> None:
         self.feed = feed
         self.batcher = batcher
-        self.routes = bus_routes(feed.routes, window, mappings, "amqp")
+        self.routes = routes.build(feed.routes, window, mappings, "amqp", ".", "*", "#")
         self.binding_keys = feed.binding_keys or self.routes.filters
         self.messages = 0
         self.connected = asyncio.Event()
@@ -364,71 +361,6 @@ class AmqpConsumer:
         link.closed = True
         done.clear()
         link.lost.set()
-
-
-class BusRoute:
-    """A route's codec, and the content type and headers it asks for.
-
-    Shared with the NATS consumer: both buses carry a content type and
-    string headers beside the payload, as MQTT 5 carries properties.
-    """
-
-    __slots__ = ("codec", "content_type", "headers", "conditional")
-
-    def __init__(self, codec: Codec, route: config.Route) -> None:
-        self.codec = codec
-        wanted = route.content_type
-        self.content_type = wanted.lower() if wanted else None
-        self.headers = route.user_properties
-        self.conditional = bool(self.content_type or self.headers)
-
-    def takes(
-        self, content_type: str | None, headers: Headers[str, Any] | None
-    ) -> bool:
-        if self.content_type is not None:
-            media = (
-                content_type.split(";", 1)[0].strip().lower() if content_type else None
-            )
-            if media != self.content_type:
-                return False
-        if self.headers:
-            sent = headers or {}
-            for key, value in self.headers.items():
-                got = sent.get(key)
-                if isinstance(got, bytes):  # AMQP long strings may stay bytes
-                    got = got.decode("utf-8", "replace")
-                if got != value:
-                    return False
-        return True
-
-
-def bus_routes(
-    routes: list[config.Route],
-    window: clock.Window,
-    mappings: dict[str, Mapping] | None,
-    section: str,
-) -> TopicRoutes[BusRoute]:
-    """Routes over ``.``-separated keys, with AMQP or NATS filters.
-
-    Both buses take ``*`` for one level; the rest of a key is ``#`` in an
-    AMQP binding and ``>`` in a NATS subject.
-    """
-    mappings = mappings or {}
-    targets = [
-        (
-            r.topic,
-            BusRoute(
-                catalog.build(
-                    r.codec, r.options, window, f"{section}.routes[{i}]",
-                    mapping=mappings.get(r.mapping or ""),
-                ),
-                r,
-            ),
-        )
-        for i, r in enumerate(routes)
-    ]  # fmt: skip
-    rest = "#" if section == "amqp" else ">"
-    return TopicRoutes(targets, separator=".", one_level="*", rest=rest)
 
 
 class _Link:

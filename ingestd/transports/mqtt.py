@@ -36,14 +36,13 @@ import gmqtt
 from gmqtt.mqtt.constants import UNLIMITED_RECONNECTS, MQTTv50, MQTTv311
 
 from .. import clock, log, metrics
-from ..codecs import catalog
-from ..codecs.base import MAX_NAME, Codec, Decoded
+from ..codecs.base import MAX_NAME, Decoded
 from ..codecs.mapping import Mapping
-from ..config import Mqtt, Route
+from ..config import Mqtt
 from ..errors import IngestError, NoRoute, PayloadTooLarge
 from ..model import Origin
 from ..pipeline.batcher import Batcher
-from .routes import TopicRoutes
+from . import routes
 
 KEPT_OF_REFUSED = 4096  # bytes of an oversized payload kept as its dead letter
 DRAIN_S = 0.2  # at stop, reading (and dropping) before DISCONNECT
@@ -63,23 +62,7 @@ class MqttSubscriber:
         mappings = mappings or {}
         self.config = config
         self.batcher = batcher
-        self.routes: TopicRoutes[_Route] = TopicRoutes(
-            [
-                (
-                    r.topic,
-                    _Route(
-                        catalog.build(
-                            r.codec,
-                            r.options,
-                            window,
-                            mapping=mappings.get(r.mapping or ""),
-                        ),
-                        r,
-                    ),
-                )
-                for r in config.routes
-            ]
-        )
+        self.routes = routes.build(config.routes, window, mappings, "mqtt")
         self.messages = 0
         self.connected = asyncio.Event()
         self._generation = 0
@@ -208,10 +191,14 @@ class MqttSubscriber:
     def _decode(
         self, topic: str, payload: bytes, props: Any, origin: Origin, out: Decoded
     ) -> None:
-        if len(topic.encode()) > self.config.max_topic_bytes:
+        # A character is 1 to 4 bytes: encode only when it could be too long
+        limit = self.config.max_topic_bytes
+        if len(topic) > limit or (
+            len(topic) * 4 > limit and len(topic.encode()) > limit
+        ):
             raise NoRoute("topic too long", "topic")
         for route, device in self.routes.match_all(topic):
-            if route.conditional and not route.takes(props):
+            if route.conditional and not route.takes(*_properties(props)):
                 continue
             codec = route.codec
             origin.device = device
@@ -258,28 +245,8 @@ class MqttSubscriber:
             transport.resume_reading()
 
 
-class _Route:
-    """A route's codec, and the MQTT 5 properties it asks of a message."""
-
-    __slots__ = ("codec", "content_type", "user_properties", "conditional")
-
-    def __init__(self, codec: Codec, route: Route) -> None:
-        self.codec = codec
-        wanted = route.content_type
-        self.content_type = wanted.lower() if wanted else None
-        self.user_properties = route.user_properties
-        self.conditional = bool(self.content_type or self.user_properties)
-
-    def takes(self, props: Any) -> bool:
-        props = props or {}
-        if self.content_type is not None:
-            sent = props.get("content_type")
-            media = sent[0].split(";", 1)[0].strip().lower() if sent else None
-            if media != self.content_type:
-                return False
-        if self.user_properties:
-            pairs = dict(props.get("user_property") or ())
-            for key, value in self.user_properties.items():
-                if pairs.get(key) != value:
-                    return False
-        return True
+def _properties(props: Any) -> tuple[str | None, dict[str, Any]]:
+    """MQTT 5 content type and user properties, as gmqtt hands them over."""
+    props = props or {}
+    sent = props.get("content_type")
+    return (sent[0] if sent else None), dict(props.get("user_property") or ())

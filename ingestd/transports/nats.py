@@ -46,6 +46,7 @@ from ..codecs.base import Decoded
 from ..codecs.mapping import Mapping
 from ..errors import IngestError, NoRoute, PayloadTooLarge
 from ..model import Origin
+from . import routes
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -130,9 +131,7 @@ class NatsConsumer:
     ) -> None:
         self.feed = feed
         self.batcher = batcher
-        from .amqp import bus_routes  # here: config imports this module
-
-        self.routes = bus_routes(feed.routes, window, mappings, "nats")
+        self.routes = routes.build(feed.routes, window, mappings, "nats", ".", "*", ">")
         self.jetstream = bool(feed.stream)
         self.messages = 0
         self.dropped = 0  # core NATS: messages the client dropped (slow consumer)

@@ -10,7 +10,13 @@ is the transport identity of the message. Buses that separate levels with
 from __future__ import annotations
 
 import re
-from typing import Generic, TypeVar
+from collections.abc import Mapping as Headers
+from typing import Any, Generic, Protocol, TypeVar
+
+from ..clock import Window
+from ..codecs import catalog
+from ..codecs.base import Codec
+from ..codecs.mapping import Mapping
 
 T = TypeVar("T")
 _CAPTURE = re.compile(r"\{(\w+)(\.\.\.)?\}")
@@ -92,3 +98,70 @@ def _compile(pattern: str, separator: str) -> re.Pattern[str]:
 
 def _filter(pattern: str, one_level: str, rest: str) -> str:
     return _CAPTURE.sub(lambda m: rest if m.group(2) else one_level, pattern)
+
+
+class RouteConfig(Protocol):
+    """What a configured route gives (``config.Route``, read by attribute so
+    this module does not import the configuration that imports it)."""
+
+    topic: str
+    codec: str
+    options: dict[str, Any]
+    mapping: str | None
+    content_type: str | None
+    user_properties: dict[str, str]
+
+
+class RouteTarget:
+    """A route's codec, and the content type and properties it asks of a
+    message: MQTT 5 content type and user properties, AMQP content type and
+    headers, NATS Content-Type and headers."""
+
+    __slots__ = ("codec", "content_type", "properties", "conditional")
+
+    def __init__(self, codec: Codec, route: RouteConfig) -> None:
+        self.codec = codec
+        wanted = route.content_type
+        self.content_type = wanted.lower() if wanted else None
+        self.properties = route.user_properties
+        self.conditional = bool(self.content_type or self.properties)
+
+    def takes(
+        self, content_type: str | None, properties: Headers[str, Any] | None
+    ) -> bool:
+        if self.content_type is not None:
+            media = (
+                content_type.split(";", 1)[0].strip().lower() if content_type else None
+            )
+            if media != self.content_type:
+                return False
+        if self.properties:
+            sent = properties or {}
+            for key, value in self.properties.items():
+                got = sent.get(key)
+                if isinstance(got, bytes):  # AMQP long strings may stay bytes
+                    got = got.decode("utf-8", "replace")
+                if got != value:
+                    return False
+        return True
+
+
+def build(
+    routes: list[Any],
+    window: Window,
+    mappings: dict[str, Mapping] | None,
+    section: str,
+    separator: str = "/",
+    one_level: str = "+",
+    rest: str = "#",
+) -> TopicRoutes[RouteTarget]:
+    """The routes of one transport section, each with its codec and mapping."""
+    mappings = mappings or {}
+    targets = []
+    for i, r in enumerate(routes):
+        codec = catalog.build(
+            r.codec, r.options, window, f"{section}.routes[{i}]",
+            mapping=mappings.get(r.mapping or ""),
+        )  # fmt: skip
+        targets.append((r.topic, RouteTarget(codec, r)))
+    return TopicRoutes(targets, separator, one_level, rest)
