@@ -61,7 +61,9 @@ async def test_mqtt_bad_payload_is_a_dead_letter_and_stream_goes_on(
     pub.publish("devices/m-bad/telemetry", b'{"t": Infinity}')
     pub.publish("devices/m-bad/telemetry", b'{"t": "' + b"x" * 300_000 + b'"}')
     pub.publish("devices/m-bad/telemetry", b'{"ok": 1}')
-    await pub.wait_acked(6)
+    pub.publish("devices/m-bad/telemetry", b"y" * 2_000_000)  # over 1 MiB
+    pub.publish(f"devices/{'d' * 300}/telemetry", b'{"t": 1}')
+    await pub.wait_acked(8)
     await pub.close()
 
     async def kept() -> Any:
@@ -69,7 +71,7 @@ async def test_mqtt_bad_payload_is_a_dead_letter_and_stream_goes_on(
             "SELECT reason FROM ingestd.dead_letters WHERE device_id = 'm-bad' "
             "ORDER BY id"
         )
-        return rows if len(rows) == 5 else None
+        return rows if len(rows) == 6 else None
 
     rows = await wait_for(kept)
     assert rows is not None
@@ -79,6 +81,17 @@ async def test_mqtt_bad_payload_is_a_dead_letter_and_stream_goes_on(
     assert reasons[2].startswith("expected a number, got string - at `$[0].v`")
     assert reasons[3].startswith("invalid JSON") and reasons[3].endswith("`byte 6`")
     assert reasons[4] == "payload over 262144 bytes - at `byte 0`"
+    assert reasons[5] == "payload over 262144 bytes - at `byte 0`"
+    sizes = await deployment.fetch(
+        "SELECT length(payload) AS n FROM ingestd.dead_letters "
+        "WHERE device_id = 'm-bad' ORDER BY id"
+    )
+    # kept whole up to 1 MiB, an oversized one by its first 4 KiB
+    assert [r["n"] for r in sizes][4:] == [300_009, 4096]
+    long_id = await deployment.fetchval(
+        "SELECT reason FROM ingestd.dead_letters WHERE source LIKE 'devices/ddd%'"
+    )
+    assert long_id == "device id in topic too long or with NUL - at `topic`"
     assert (
         await deployment.fetchval(
             "SELECT count(*) FROM ingestd.readings WHERE device_id = 'm-bad'"

@@ -35,6 +35,11 @@ from .bindings import Bindings
 
 Ack = tuple[Callable[[Any], None], Any]
 
+# A dead letter keeps the raw message, but not without bound: a device must
+# not fill the database by sending oversized garbage.
+DEAD_LETTER_BYTES = 1024 * 1024
+KEPT_OF_OVERSIZED = 4096
+
 # Failures worth retrying the same batch for: the database went away, or is
 # restarting, or refused the connection. Anything else is a fault in the
 # data of this batch, which is then written piecewise (see _salvage).
@@ -157,6 +162,8 @@ class Batcher:
             more = f" (+{len(rejects) - 1} more)" if len(rejects) > 1 else ""
             reason = f"{first.reason} - at `{first.path}`{more}" if first else "?"
         details = orjson.dumps(decoded.rejected() if decoded is not None else [])
+        if len(raw) > DEAD_LETTER_BYTES:  # an oversized message: keep its start
+            raw = raw[:KEPT_OF_OVERSIZED]
         device = origin.device
         self._batch.dead.append(
             (

@@ -46,7 +46,7 @@ import msgspec
 from .. import clock, log, metrics
 from ..codecs.base import Decoded
 from ..codecs.mapping import Mapping
-from ..errors import IngestError, NoRoute, PayloadTooLarge
+from ..errors import IngestError
 from ..model import Origin
 from . import routes
 
@@ -268,21 +268,10 @@ class AmqpConsumer:
     def _decode(
         self, key: str, message: DeliveredMessage, origin: Origin, out: Decoded
     ) -> None:
-        body = message.body
-        for route, device in self.routes.match_all(key):
-            if route.conditional:
-                props = message.header.properties
-                if not route.takes(props.content_type, props.headers):
-                    continue
-            origin.device = device
-            break
-        else:
-            raise NoRoute("no route for routing key", "routing key")
-        if len(body) > self.feed.max_payload_bytes:
-            raise PayloadTooLarge(
-                f"payload over {self.feed.max_payload_bytes} bytes", "byte 0"
-            )
-        route.codec.decode(body, origin, out)
+        routes.decode(
+            self.routes, key, message.body, self.feed.max_payload_bytes, origin, out,
+            message.header.properties, _properties, "routing key",
+        )  # fmt: skip
 
     # -- push-back ------------------------------------------------------
 
@@ -361,6 +350,11 @@ class AmqpConsumer:
         link.closed = True
         done.clear()
         link.lost.set()
+
+
+def _properties(props: Any) -> tuple[str | None, Any]:
+    """AMQP content type and headers, for routes that ask for them."""
+    return props.content_type, props.headers
 
 
 class _Link:

@@ -36,15 +36,14 @@ import gmqtt
 from gmqtt.mqtt.constants import UNLIMITED_RECONNECTS, MQTTv50, MQTTv311
 
 from .. import clock, log, metrics
-from ..codecs.base import MAX_NAME, Decoded
+from ..codecs.base import Decoded
 from ..codecs.mapping import Mapping
 from ..config import Mqtt
-from ..errors import IngestError, NoRoute, PayloadTooLarge
+from ..errors import IngestError, NoRoute
 from ..model import Origin
 from ..pipeline.batcher import Batcher
 from . import routes
 
-KEPT_OF_REFUSED = 4096  # bytes of an oversized payload kept as its dead letter
 DRAIN_S = 0.2  # at stop, reading (and dropping) before DISCONNECT
 RECEIVE_MAXIMUM = 20_000  # MQTT 5: unacknowledged PUBLISHes the broker may send
 
@@ -177,8 +176,6 @@ class MqttSubscriber:
         except IngestError as exc:
             if ack is not None:  # MQTT 5 says why in the PUBACK
                 ack = (self._acknowledge, (*ack[1], exc))
-            if len(payload) > self.config.max_payload_bytes:
-                payload = payload[:KEPT_OF_REFUSED]
             batcher.dead_letter(origin, payload, str(exc), ack)
         except Exception as exc:  # a codec bug must not kill the stream
             log.mqtt.exception("decoding a message on %s failed", topic)
@@ -197,21 +194,10 @@ class MqttSubscriber:
             len(topic) * 4 > limit and len(topic.encode()) > limit
         ):
             raise NoRoute("topic too long", "topic")
-        for route, device in self.routes.match_all(topic):
-            if route.conditional and not route.takes(*_properties(props)):
-                continue
-            codec = route.codec
-            origin.device = device
-            break
-        else:
-            raise NoRoute("no route for topic", "topic")
-        if device is not None and (len(device) > MAX_NAME or "\x00" in device):
-            raise NoRoute("device id in topic too long or with NUL", "topic")
-        if len(payload) > self.config.max_payload_bytes:
-            raise PayloadTooLarge(
-                f"payload over {self.config.max_payload_bytes} bytes", "byte 0"
-            )
-        codec.decode(payload, origin, out)
+        routes.decode(
+            self.routes, topic, payload, self.config.max_payload_bytes, origin, out,
+            props, _properties,
+        )  # fmt: skip
 
     def _acknowledge(self, token: tuple[Any, ...]) -> None:
         if token[0] != self._generation:

@@ -44,7 +44,7 @@ import msgspec
 from .. import clock, log, metrics
 from ..codecs.base import Decoded
 from ..codecs.mapping import Mapping
-from ..errors import IngestError, NoRoute, PayloadTooLarge
+from ..errors import IngestError
 from ..model import Origin
 from . import routes
 
@@ -428,22 +428,15 @@ class NatsConsumer:
             self.batcher.submit(origin, decoded, data, ack)
 
     def _decode(self, msg: Msg, origin: Origin, out: Decoded) -> None:
-        data = msg.data
-        for route, device in self.routes.match_all(msg.subject):
-            if route.conditional:
-                headers = msg.headers or {}
-                media = headers.get("Content-Type") or headers.get("content-type")
-                if not route.takes(media, headers):
-                    continue
-            origin.device = device
-            break
-        else:
-            raise NoRoute("no route for subject", "subject")
-        if len(data) > self.feed.max_payload_bytes:
-            raise PayloadTooLarge(
-                f"payload over {self.feed.max_payload_bytes} bytes", "byte 0"
-            )
-        route.codec.decode(data, origin, out)
+        routes.decode(
+            self.routes, msg.subject, msg.data, self.feed.max_payload_bytes,
+            origin, out, msg, _content, "subject",
+        )  # fmt: skip
+
+
+def _content(msg: Msg) -> tuple[str | None, dict[str, str]]:
+    headers = msg.headers or {}
+    return headers.get("Content-Type") or headers.get("content-type"), headers
 
 
 async def _unsubscribe(subs: list[Any]) -> None:

@@ -10,13 +10,16 @@ is the transport identity of the message. Buses that separate levels with
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from collections.abc import Mapping as Headers
 from typing import Any, Generic, Protocol, TypeVar
 
 from ..clock import Window
 from ..codecs import catalog
-from ..codecs.base import Codec
+from ..codecs.base import MAX_NAME, Codec, Decoded
 from ..codecs.mapping import Mapping
+from ..errors import NoRoute, PayloadTooLarge
+from ..model import Origin
 
 T = TypeVar("T")
 _CAPTURE = re.compile(r"\{(\w+)(\.\.\.)?\}")
@@ -165,3 +168,39 @@ def build(
         )  # fmt: skip
         targets.append((r.topic, RouteTarget(codec, r)))
     return TopicRoutes(targets, separator, one_level, rest)
+
+
+def decode(
+    table: TopicRoutes[RouteTarget],
+    key: str,
+    payload: bytes,
+    max_payload: int,
+    origin: Origin,
+    out: Decoded,
+    message: Any,
+    properties: Callable[[Any], tuple[str | None, Headers[str, Any] | None]],
+    what: str = "topic",
+) -> None:
+    """Route one message by its ``what`` (topic, routing key, subject) and
+    decode it.
+
+    The first route whose pattern takes ``key`` and, where it asks for them,
+    whose content type and properties ``properties(message)`` gives, reads
+    the message (a module-level function: no closure per message). Its
+    ``{device}`` capture becomes ``origin.device``. Raises NoRoute or
+    PayloadTooLarge, or what the codec raises.
+    """
+    found = None
+    for target, device in table.match_all(key):
+        if not target.conditional or target.takes(*properties(message)):
+            found = target, device
+            break
+    if found is None:
+        raise NoRoute(f"no route for {what}", what)
+    target, device = found
+    if device is not None and (len(device) > MAX_NAME or "\x00" in device):
+        raise NoRoute(f"device id in {what} too long or with NUL", what)
+    origin.device = device
+    if len(payload) > max_payload:
+        raise PayloadTooLarge(f"payload over {max_payload} bytes", "byte 0")
+    target.codec.decode(payload, origin, out)
