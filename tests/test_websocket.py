@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import aiohttp
@@ -105,4 +104,3 @@ async def test_websocket_plain_http_still_works_beside_it(
             headers={"Content-Type": "application/json"},
         ) as answer:
             assert answer.status == 202
-    await asyncio.sleep(0)
