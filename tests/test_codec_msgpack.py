@@ -27,6 +27,7 @@ from .fixture_readings import (
     expected_rows,
     read_b64,
 )
+from .fuzz_oracle import decode_soundly
 
 # Route options a user would configure for each device type in msgpack/
 # (device = the transport identity the fixture's context gives).
@@ -317,20 +318,11 @@ CODECS = [
 
 def _check(payload: bytes, device: str | None) -> None:
     for codec in CODECS:
-        out = Decoded()
-        try:
-            codec.decode(payload, Origin(device, "fuzz", RECEIVED), out)
-        except DecodeError as exc:
-            assert exc.path and exc.reason
+        origin = Origin(device, "fuzz", RECEIVED)
+        out = decode_soundly(codec, payload, origin)
+        if out is None:
             continue
         assert out.readings or out.rejects
-        for r in out.readings:
-            assert "\x00" not in r.device + r.metric
-            assert isinstance(r.ts, int)
-            assert (r.value is None) != (r.data is None)
-            # no stand-in for bytes is left behind
-            assert type(r.value) is not str or codec._tag not in r.value
-        assert all("\x00" not in r.path for r in out.rejects)
 
 
 @PROFILE
