@@ -1,0 +1,1 @@
+"""Device PKI and the identity checks on mTLS listeners."""
