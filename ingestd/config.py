@@ -106,6 +106,7 @@ class Http(_Section):
     max_header_bytes: int = 16 * 1024
     idle_timeout_s: float = 60.0
     header_timeout_s: float = 10.0  # a request head slower than this: closed
+    tls_port: Port = 8443  # HTTPS and WSS, when security.certificate is set
     routes: list[HttpRoute] = msgspec.field(
         default_factory=lambda: [
             HttpRoute(content_type="application/json", codec="json"),
@@ -154,6 +155,26 @@ class Coap(_Section):
     )
 
 
+class Security(_Section):
+    """TLS on ingestd's own listeners and the device PKI.
+
+    With ``certificate`` and ``private_key`` set, HTTPS/WSS listen on
+    ``http.tls_port`` and CoAP over TLS uses them too. ``mtls`` requires a
+    client certificate chaining to ``client_ca`` on every TLS listener and
+    turns the plain listeners (HTTP, CoAP over UDP and TCP) off unless
+    ``allow_plain`` says they serve a trusted gateway network.
+    """
+
+    mtls: bool = False
+    certificate: str | None = None  # server chain (PEM): leaf, then intermediates
+    private_key: str | None = None
+    client_ca: str | None = None  # CA bundle device certificates chain to
+    allow_plain: bool = False  # with mtls: keep plain listeners (trusted nets)
+    pki_dir: str | None = None  # `ingestd certs` files; default <state_dir>/pki
+    revocation_poll_s: float = 0.5  # revoked devices' connections closed by then
+    handshake_timeout_s: float = 10.0
+
+
 class Admin(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -175,6 +196,7 @@ class Config(_Section):
     coap: Coap = msgspec.field(default_factory=Coap)
     admin: Admin = msgspec.field(default_factory=Admin)
     orders: Orders = msgspec.field(default_factory=Orders)
+    security: Security = msgspec.field(default_factory=Security)
     amqp: AmqpFeed = msgspec.field(default_factory=AmqpFeed)
     nats: NatsFeed = msgspec.field(default_factory=NatsFeed)
     mappings: dict[str, Mapping] = msgspec.field(default_factory=dict)
@@ -305,6 +327,7 @@ def _check(config: Config, name: str) -> None:
             f"{name}: coap.transports: 'tls' needs coap.certificate and "
             "coap.private_key"
         )
+    _check_security(config, name)
     for type_name, device_type in config.mappings.items():
         problem = mapping.check(device_type)
         if problem:
@@ -329,6 +352,25 @@ def _check(config: Config, name: str) -> None:
             )
     if config.database.pool_size < 2:
         raise ConfigError(f"{name}: database.pool_size must be at least 2")
+
+
+def _check_security(config: Config, name: str) -> None:
+    s = config.security
+    if bool(s.certificate) != bool(s.private_key):
+        raise ConfigError(
+            f"{name}: security.certificate and security.private_key go together"
+        )
+    if s.mtls and not (s.certificate and s.client_ca):
+        raise ConfigError(
+            f"{name}: security.mtls needs security.certificate, "
+            "security.private_key and security.client_ca"
+        )
+    for field in ("certificate", "private_key", "client_ca"):
+        path = getattr(s, field)
+        if path and not Path(path).expanduser().is_file():
+            raise ConfigError(f"{name}: security.{field}: no file {path!r}")
+    if s.revocation_poll_s <= 0 or s.handshake_timeout_s <= 0:
+        raise ConfigError(f"{name}: security timeouts must be positive")
 
 
 def _check_codec(name: str, where: str, codec: str, options: dict[str, Any]) -> None:
