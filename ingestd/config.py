@@ -46,6 +46,7 @@ class Pipeline(_Section):
     plausible_from: str = "2000-01-01T00:00:00Z"
     plausible_future_s: float = 86400.0
     retry_after_s: int = 1  # what a 503 tells HTTP senders
+    flush_timeout_s: float = 30.0  # a flush unanswered this long: reconnect, retry
 
 
 class Route(_Section):
@@ -317,15 +318,18 @@ def _check(config: Config, name: str) -> None:
         )
     if p.flush_interval_ms <= 0:
         raise ConfigError(f"{name}: pipeline.flush_interval_ms must be positive")
+    if p.flush_timeout_s <= 0:
+        raise ConfigError(f"{name}: pipeline.flush_timeout_s must be positive")
     try:
         clock.from_text(p.plausible_from, "pipeline.plausible_from")
     except DecodeError as exc:
         raise ConfigError(f"{name}: pipeline.plausible_from: {exc.reason}") from None
     c = config.coap
-    if "tls" in c.transports and not (c.certificate and c.private_key):
+    own = c.certificate and c.private_key
+    if "tls" in c.transports and not (own or config.security.certificate):
         raise ConfigError(
             f"{name}: coap.transports: 'tls' needs coap.certificate and "
-            "coap.private_key"
+            "coap.private_key, or security.certificate"
         )
     _check_security(config, name)
     for type_name, device_type in config.mappings.items():

@@ -65,3 +65,15 @@ dispatcher_dropped = Counter(
     "Readings the full dispatcher ring refused",
     registry=registry,
 )
+tls_refused = Counter(
+    "ingestd_tls_refused",
+    "TLS connections refused after the handshake, by reason",
+    ["reason"],  # revoked, identity (no device in the certificate)
+    registry=registry,
+)
+tls_wrong_identity = Counter(
+    "ingestd_tls_wrong_identity",
+    "Requests refused for writing as a device other than the certificate's",
+    ["transport"],
+    registry=registry,
+)

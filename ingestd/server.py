@@ -21,6 +21,7 @@ from .orders.dispatcher import Dispatcher
 from .pipeline.aliases import Aliases
 from .pipeline.batcher import Batcher
 from .pipeline.bindings import Bindings
+from .security.gate import Gate
 from .storage import database
 from .transports import coap, http1
 from .transports.amqp import AmqpConsumer
@@ -47,6 +48,7 @@ class Server:
         self.mqtt: MqttSubscriber | None = None
         self.http: TelemetryEndpoint | None = None
         self.coap: coap.Telemetry | None = None
+        self.gate: Gate | None = None
         self.amqp: AmqpConsumer | None = None
         self.nats: NatsConsumer | None = None
         self._coap: Any = None
@@ -83,7 +85,7 @@ class Server:
         self.batcher = Batcher(
             self.pool, p.flush_rows, p.flush_interval_ms, p.ring_capacity,
             bindings, self.dispatcher.offer if cfg.orders.enabled else None,
-            aliases,
+            aliases, p.flush_timeout_s,
         )  # fmt: skip
         self.batcher.start()
         self.dispatcher.start()
@@ -93,21 +95,37 @@ class Server:
         timeout = p.heartbeat_timeout_s
         self._every(max(1.0, timeout / 4), lambda c: c.execute(OFFLINE, float(timeout)))
 
+        sec = cfg.security
+        plain = not sec.mtls or sec.allow_plain
+        if sec.certificate:
+            self.gate = Gate(sec)
+            self._tasks.append(
+                asyncio.get_running_loop().create_task(self.gate.run(self.pool))
+            )
         if cfg.http.enabled:
             h = cfg.http
             self.http = TelemetryEndpoint(
                 h, self.batcher, window, p.retry_after_s, cfg.mappings
             )
-            server, conns, sweeper = await http1.serve(
-                self.http, h.host, h.port, h.max_body_bytes, h.max_header_bytes,
-                h.idle_timeout_s, refused=self.http.refused,
-                upgrade=self.http.upgrade, reuse_port=WORKERS,
-                header_timeout=h.header_timeout_s,
-            )  # fmt: skip
-            self._servers.append(server)
-            self._connections.append(conns)
-            self._tasks.append(sweeper)
-            log.http.info("listening on %s:%d", h.host, h.port)
+            listeners = [(h.port, None)] if plain else []
+            if self.gate is not None:
+                listeners.append((h.tls_port, self.gate))
+            for port, gate in listeners:
+                server, conns, sweeper = await http1.serve(
+                    self.http, h.host, port, h.max_body_bytes, h.max_header_bytes,
+                    h.idle_timeout_s, refused=self.http.refused,
+                    upgrade=self.http.upgrade, reuse_port=WORKERS,
+                    header_timeout=h.header_timeout_s, gate=gate,
+                )  # fmt: skip
+                self._servers.append(server)
+                self._connections.append(conns)
+                self._tasks.append(sweeper)
+                log.http.info(
+                    "listening on %s:%d (%s)", h.host, port,
+                    "plain" if gate is None else "TLS, mTLS" if sec.mtls else "TLS",
+                )  # fmt: skip
+            if not plain:
+                log.http.info("mTLS required: plain HTTP on %d is off", h.port)
         if cfg.admin.enabled:
             a = cfg.admin
             server, conns, sweeper = await http1.serve(
@@ -118,7 +136,7 @@ class Server:
             self._tasks.append(sweeper)
         if cfg.coap.enabled:
             self._coap, self.coap = await coap.serve(
-                cfg.coap, self.batcher, window, cfg.mappings
+                cfg.coap, self.batcher, window, cfg.mappings, self.gate, plain
             )
         if cfg.mqtt.enabled:
             self.mqtt = MqttSubscriber(cfg.mqtt, self.batcher, window, cfg.mappings)

@@ -93,11 +93,13 @@ async def deploy(
     client_id: str | None = None,
     mqtt_extra: str = "",
     fresh: bool = True,
+    sections: dict[str, str] | None = None,
 ) -> Deployment:
     """Create database ``name`` (unless not ``fresh``) and start a server on it.
 
     ``extra`` is TOML appended to the configuration; ``mqtt_extra`` goes
-    into its ``[mqtt]`` table.
+    into its ``[mqtt]`` table, and ``sections`` adds lines to other tables
+    (``{"http": "tls_port = 8443\n"}``).
     """
     if fresh:
         dsn = await harness.create_database(pg_uri, name)
@@ -109,7 +111,8 @@ async def deploy(
         dsn, broker.port, http_port, admin_port, tmp / "state",
         client_id=client_id or f"ingestd-{name}", coap_port=coap_port,
     ) + extra  # fmt: skip
-    text = text.replace("[mqtt]\n", "[mqtt]\n" + mqtt_extra, 1)
+    for table, lines in {"mqtt": mqtt_extra, **(sections or {})}.items():
+        text = text.replace(f"[{table}]\n", f"[{table}]\n{lines}", 1)
     server = harness.IngestdProcess(text, tmp, http_port, admin_port)
     await asyncio.to_thread(server.start)
     return Deployment(dsn, server, broker.port, coap_port)

@@ -29,7 +29,7 @@ see the mTLS scope convention).
 from __future__ import annotations
 
 import asyncio
-import ssl
+import weakref
 from typing import Any
 
 import aiocoap
@@ -42,10 +42,11 @@ from .. import clock, log, metrics
 from ..codecs import catalog
 from ..codecs.base import MAX_NAME, Codec, Decoded
 from ..codecs.mapping import Mapping
-from ..config import JSON, Coap
+from ..config import JSON, Coap, Security
 from ..errors import DecodeError, IngestError, PayloadTooLarge, UnsupportedFormat
 from ..model import Origin
 from ..pipeline.batcher import Batcher
+from ..security.gate import Gate, Peer
 
 TRANSPORTS = {"udp": "udp6", "tcp": "tcpserver"}
 
@@ -59,10 +60,17 @@ class Telemetry(aiocoap.resource.Resource, aiocoap.resource.PathCapable):
         batcher: Batcher,
         window: clock.Window,
         mappings: dict[str, Mapping] | None = None,
+        gate: Gate | None = None,
     ) -> None:
         super().__init__()
         mappings = mappings or {}
         self.config = config
+        self.gate = gate
+        # aiocoap tells a resource nothing of connections, so a TLS
+        # connection's certificate is read at its first request and kept here
+        self._peers: weakref.WeakKeyDictionary[Any, Peer | None] = (
+            weakref.WeakKeyDictionary()
+        )
         self.batcher = batcher
         self.codecs: dict[int, Codec] = {
             r.content_format: catalog.build(
@@ -84,6 +92,14 @@ class Telemetry(aiocoap.resource.Resource, aiocoap.resource.PathCapable):
         if not device or "\x00" in device or len(device) > MAX_NAME:
             return _diagnostic(Code.NOT_FOUND, {"error": "bad device id in path"})
         origin.device = device
+        if self.gate is not None and scheme == "coaps+tcp":
+            peer = self._admit(request.remote)
+            if peer is False or (peer is not None and peer.device != device):
+                metrics.tls_wrong_identity.labels("coap").inc()
+                who = "revoked" if peer is False else repr(peer.device)  # type: ignore[union-attr]
+                reason = f"certificate of {who} may not write as {device!r}"
+                await self._commit(origin, None, request.payload[:4096], reason)
+                return _diagnostic(Code.FORBIDDEN, {"error": reason})
         if request.code != Code.POST:
             return _diagnostic(Code.METHOD_NOT_ALLOWED, {"error": "use POST"})
         if self.batcher.full or self.stopping:
@@ -115,6 +131,32 @@ class Telemetry(aiocoap.resource.Resource, aiocoap.resource.PathCapable):
         await self._commit(origin, decoded, payload, "")
         code = Code.CHANGED if decoded.usable else Code.BAD_REQUEST
         return _diagnostic(code, decoded.answer())
+
+    def _admit(self, remote: Any) -> Peer | None | bool:
+        """The certificate of ``remote``'s connection; False if refused."""
+        try:
+            return self._peers[remote]
+        except KeyError:
+            pass
+        # RFC 8323 connections keep their asyncio transport here (aiocoap
+        # has no public accessor for the TLS session)
+        transport = remote._transport
+        ref = weakref.ref(remote)
+
+        def cut() -> None:
+            connection = ref()
+            if connection is not None and connection._transport is not None:
+                connection._transport.abort()
+
+        try:
+            peer = self.gate.admit(transport.get_extra_info("ssl_object"), cut)  # type: ignore[union-attr]
+        except PermissionError as exc:
+            log.security.warning("refused %s: %s", remote.hostinfo, exc)
+            transport.abort()
+            return False
+        self._peers[remote] = peer
+        weakref.finalize(remote, self.gate.forget, peer, cut)  # type: ignore[union-attr]
+        return peer
 
     async def _commit(
         self, origin: Origin, decoded: Decoded | None, raw: bytes, reason: str
@@ -148,13 +190,21 @@ async def serve(
     batcher: Batcher,
     window: clock.Window,
     mappings: dict[str, Mapping] | None = None,
+    gate: Gate | None = None,
+    plain_allowed: bool = True,
 ) -> tuple[list[aiocoap.Context], Telemetry]:
-    """Listen on the configured CoAP transports; returns their contexts."""
+    """Listen on the configured CoAP transports; returns their contexts.
+
+    ``gate`` (from ``[security]``) checks client certificates on CoAP over
+    TLS; ``plain_allowed=False`` (mTLS required) keeps UDP and TCP closed.
+    """
     site = aiocoap.resource.Site()
-    telemetry = Telemetry(config, batcher, window, mappings)
+    telemetry = Telemetry(config, batcher, window, mappings, gate)
     site.add_resource(["v1", "devices"], telemetry)
     contexts = []
     plain = [TRANSPORTS[t] for t in config.transports if t in TRANSPORTS]
+    if not plain_allowed:
+        plain = []
     if plain:
         contexts.append(
             await aiocoap.Context.create_server_context(
@@ -166,9 +216,7 @@ async def serve(
         )
     if "tls" in config.transports:
         # aiocoap takes the server's TLS context through this argument
-        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        tls.load_cert_chain(config.certificate, config.private_key)  # type: ignore[arg-type]
-        tls.set_alpn_protocols(["coap"])
+        tls = _tls_context(config, gate)
         contexts.append(
             await aiocoap.Context.create_server_context(
                 site,
@@ -182,7 +230,13 @@ async def serve(
         )
     log.coap.info(
         "listening on %s:%d (%s)%s", config.host, config.port,
-        ", ".join(t for t in config.transports if t != "tls"),
+        ", ".join(t for t in config.transports if t != "tls" and plain) or "-",
         f", TLS on {config.tls_port}" if "tls" in config.transports else "",
     )  # fmt: skip
     return contexts, telemetry
+
+
+def _tls_context(config: Coap, gate: Gate | None) -> Any:
+    """The TLS context: ``coap.certificate`` when set, else ``[security]``'s."""
+    gate = gate or Gate(Security())
+    return gate.context(["coap"], config.certificate, config.private_key)

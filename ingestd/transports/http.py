@@ -15,7 +15,9 @@ that makes it true:
 
 ``GET /v1/ws?device=<id>`` upgrades to a WebSocket (``websocket``).
 
-Left out here: TLS and client certificates (the security issue).
+Over TLS (``http.tls_port``) with a client certificate, a connection may
+write only as the device its certificate names: another device in the path
+or in the payload is refused with 403 and kept as a dead letter.
 """
 
 from __future__ import annotations
@@ -84,6 +86,12 @@ class TelemetryEndpoint:
         if not device or "/" in device or "\x00" in device or len(device) > MAX_NAME:
             self._refuse(request, origin, body, 404, "bad device id in path")
             return
+        peer = request.conn.identity
+        if peer is not None and peer.device != device:
+            metrics.tls_wrong_identity.labels("http").inc()
+            reason = f"certificate of {peer.device!r} may not write as {device!r}"
+            self._refuse(request, origin, body, 403, reason)
+            return
         if self.batcher.full:
             metrics.pushback.labels("http").inc()
             request.answer(
@@ -103,6 +111,11 @@ class TelemetryEndpoint:
         except DecodeError as exc:
             self._refuse(request, origin, body, exc.http_status, str(exc), exc.path)
             return
+        if peer is not None and (other := _other_device(decoded, device)):
+            metrics.tls_wrong_identity.labels("http").inc()
+            reason = f"certificate of {device!r} may not write for {other!r}"
+            self._refuse(request, origin, body, 403, reason)
+            return
         self.batcher.submit(
             origin, decoded, body, (_answer_decoded, (request, decoded))
         )
@@ -116,6 +129,14 @@ class TelemetryEndpoint:
             request.answer(checked[0], checked[1])  # type: ignore[arg-type]
             return
         device, codec, reply = checked
+        peer = conn.identity
+        if peer is not None and peer.device != device:
+            metrics.tls_wrong_identity.labels("websocket").inc()
+            conn.keep_alive = False
+            conn.requeue(request)
+            reason = f"certificate of {peer.device!r} may not write as {device!r}"
+            request.answer(403, orjson.dumps({"error": reason}))
+            return
         conn.transport.write(reply)  # type: ignore[union-attr]
         session = websocket.WebSocketSession(
             conn,
@@ -148,6 +169,14 @@ class TelemetryEndpoint:
         self.batcher.dead_letter(
             origin, body, reason, (_answer_error, (request, status, payload))
         )
+
+
+def _other_device(decoded: Decoded, device: str) -> str | None:
+    """A device other than ``device`` that the payload writes for, if any."""
+    for reading in decoded.readings:
+        if reading.device != device:
+            return reading.device
+    return None
 
 
 def _answer_decoded(token: tuple[Request, Decoded]) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import httptools
 
 from .. import log
+from ..security.gate import Gate, Peer
 
 HEAD_S = 10.0  # the longest a request line and headers may take to arrive
 LINGER_S = 2.0  # how long a refused connection's remaining bytes are drained
@@ -83,8 +84,11 @@ class HttpConnection(asyncio.Protocol):
         connections: set[HttpConnection],
         refused: Callable[[Request, int, str], None] | None = None,
         upgrade: Callable[[HttpConnection, Request, bytes], None] | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.handle = handle
+        self.gate = gate
+        self.identity: Peer | None = None  # the client certificate, over TLS
         self.refused = refused
         self.upgrade = upgrade
         self._upgrading: Request | None = None
@@ -110,10 +114,22 @@ class HttpConnection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        if self.gate is not None:
+            try:
+                self.identity = self.gate.admit(
+                    transport.get_extra_info("ssl_object"), self.cut
+                )
+            except PermissionError as exc:
+                log.security.warning("refused %s: %s", self.peer, exc)
+                self._closing = True
+                transport.abort()
+                return
         self.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
+        if self.gate is not None:
+            self.gate.forget(self.identity, self.cut)
         self._closing = True
 
     def data_received(self, data: bytes) -> None:
@@ -238,6 +254,12 @@ class HttpConnection(asyncio.Protocol):
             else:
                 transport.close()
 
+    def cut(self) -> None:
+        """End the connection now (its certificate was revoked)."""
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
     def requeue(self, request: Request) -> None:
         """Put back a request taken off the queue (a refused upgrade)."""
         if request not in self._queue:
@@ -274,15 +296,22 @@ async def serve(
     upgrade: Callable[[HttpConnection, Request, bytes], None] | None = None,
     reuse_port: bool = False,
     header_timeout: float = HEAD_S,
+    gate: Gate | None = None,
 ) -> tuple[asyncio.Server, set[HttpConnection], asyncio.Task[None]]:
-    """Listen; returns the server, its live connections and the idle sweeper."""
+    """Listen; returns the server, its live connections and the idle sweeper.
+
+    With ``gate``, the listener speaks TLS with the gate's context and each
+    connection is admitted by it (client certificate, revocation).
+    """
     loop = asyncio.get_running_loop()
     connections: set[HttpConnection] = set()
+    tls = gate.context(["http/1.1"]) if gate is not None else None
     server = await loop.create_server(
         lambda: HttpConnection(
-            handle, max_body, max_header, connections, refused, upgrade
+            handle, max_body, max_header, connections, refused, upgrade, gate
         ),
-        host, port, reuse_port=reuse_port or None, backlog=4096,
+        host, port, reuse_port=reuse_port or None, backlog=4096, ssl=tls,
+        ssl_handshake_timeout=gate.config.handshake_timeout_s if gate else None,
     )  # fmt: skip
 
     async def sweep() -> None:

@@ -90,6 +90,7 @@ class WebSocketSession(asyncio.Protocol):
         self.batcher = batcher
         self.max_message = max_message
         self.transport: Any = http.transport
+        self.http = http  # its certificate stays admitted while this lives
         self.peer = http.peer
         self.connections = http.connections
         self.last_active = time.monotonic()
@@ -125,6 +126,7 @@ class WebSocketSession(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self.connections.discard(self)  # type: ignore[arg-type]
+        self.http.connection_lost(exc)  # lets the gate forget the certificate
 
     def close_if_idle(self, now: float, idle: float, head: float = 0.0) -> None:
         if now - self.last_active > idle:

@@ -1,0 +1,365 @@
+"""Mutual TLS on ingestd's own listeners: HTTPS, WSS and CoAP over TLS.
+
+Real handshakes against a real server process, with certificates from
+ingestd's own PKI (root, issuing intermediate, devices): who may connect,
+who may write as whom, and revocation closing open connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import os
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiocoap
+import asyncpg
+import orjson
+import pytest
+from aiocoap.numbers.codes import Code
+
+from bench import harness
+from ingestd.security import inventory, pki
+
+from .conftest import Deployment, deploy
+
+
+@dataclass
+class Ca:
+    root: pki.Issued
+    issuing: pki.Issued
+    folder: Path
+
+    def device(self, device_id: str, **kw: object) -> tuple[Path, Path, pki.Issued]:
+        """Issue ``device_id`` a certificate; its files (chain, key)."""
+        issued = pki.issue_device(self.issuing, device_id, **kw)  # type: ignore[arg-type]
+        folder = self.folder / "devices" / f"{device_id}-{issued.cert.serial_number}"
+        pki.save(issued, folder / "key.pem", folder / "cert.pem", self.issuing.cert)
+        return folder / "cert.pem", folder / "key.pem", issued
+
+
+def make_ca(folder: Path) -> Ca:
+    root = pki.new_root("test root")
+    ca = Ca(root, pki.new_intermediate(root, "test devices"), folder)
+    server = pki.issue_server(ca.issuing, ["127.0.0.1", "localhost"])
+    pki.save(server, folder / "server.key", folder / "server.pem", ca.issuing.cert)
+    pki.write_public(folder / "root.pem", pki.pem(root.cert))
+    return ca
+
+
+@dataclass
+class Secure:
+    d: Deployment
+    ca: Ca
+    https: int
+    coaps: int
+
+    def client(self, cert: Path | None, key: Path | None) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.ca.folder / "root.pem")
+        if cert is not None:
+            ctx.load_cert_chain(cert, key)
+        return ctx
+
+    async def record(self, issued: pki.Issued, device_id: str) -> None:
+        conn = await self.d.connect()
+        try:
+            await inventory.record(
+                conn, issued.cert, "device", self.ca.issuing.cert, device_id
+            )
+        finally:
+            await conn.close()
+
+    async def revoke(self, device_id: str) -> None:
+        conn = await self.d.connect()
+        try:
+            await inventory.revoke_device(conn, device_id, "keyCompromise")
+        finally:
+            await conn.close()
+
+
+@pytest.fixture(scope="module")
+async def secure(
+    pg_uri: str,
+    run_id: str,
+    broker: harness.Mosquitto,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Secure]:
+    tmp = tmp_path_factory.mktemp("mtls")
+    ca = make_ca(tmp / "pki")
+    https, coaps = harness.free_port(), harness.free_port()
+    extra = f"""
+[security]
+mtls = true
+certificate = "{ca.folder / "server.pem"}"
+private_key = "{ca.folder / "server.key"}"
+client_ca = "{ca.folder / "root.pem"}"
+revocation_poll_s = 0.5
+"""
+    d = await deploy(
+        pg_uri, f"t_mtls_{run_id}", broker, tmp, extra,
+        sections={
+            "http": f"tls_port = {https}\n",
+            "coap": f'tls_port = {coaps}\ntransports = ["tls"]\n',
+        },
+    )  # fmt: skip
+    yield Secure(d, ca, https, coaps)
+    code = await asyncio.to_thread(d.server.stop)
+    assert code == 0, d.server.log.read_text()[-3000:]
+
+
+async def open_https(
+    s: Secure, cert: Path | None, key: Path | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(
+        "127.0.0.1", s.https, ssl=s.client(cert, key), server_hostname="127.0.0.1"
+    )
+
+
+async def post(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, device: str, body: bytes
+) -> tuple[int, dict[str, object]]:
+    writer.write(
+        f"POST /v1/devices/{device}/telemetry HTTP/1.1\r\nHost: t\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    line = await asyncio.wait_for(reader.readline(), 10)
+    if not line:
+        raise ConnectionError("closed by the server")
+    status = int(line.split()[1])
+    length = 0
+    while (line := await asyncio.wait_for(reader.readline(), 10)) not in (b"\r\n", b""):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return status, orjson.loads(await reader.readexactly(length))
+
+
+def reading(ts_ms: int, temp: float = 4.5) -> bytes:
+    return orjson.dumps({"ts": ts_ms, "temp": temp})
+
+
+async def closed_within(reader: asyncio.StreamReader, seconds: float) -> float:
+    """Seconds until the server closed the connection (EOF or reset)."""
+    started = time.monotonic()
+    try:
+        while await asyncio.wait_for(reader.read(4096), seconds):
+            pass
+    except (ConnectionError, ssl.SSLError):
+        pass
+    return time.monotonic() - started
+
+
+# -- who may connect ----------------------------------------------------------
+
+
+async def test_mtls_device_writes_as_itself_and_registry_records_certificate(
+    secure: Secure,
+) -> None:
+    cert, key, issued = secure.ca.device("truck-7")
+    reader, writer = await open_https(secure, cert, key)
+    ts = int(time.time() * 1000)
+    status, answer = await post(reader, writer, "truck-7", reading(ts))
+    writer.close()
+    assert (status, answer["stored"]) == (202, 1)
+    stored = await secure.d.fetchval(
+        "SELECT count(*) FROM ingestd.readings WHERE device_id = 'truck-7'"
+    )
+    assert stored == 1
+
+    # The registry takes the fingerprint and expiry the device connected with
+    row = None
+    for _ in range(40):
+        row = (
+            await secure.d.fetch(
+                "SELECT cert_fingerprint, cert_not_after FROM ingestd.devices"
+                " WHERE id = 'truck-7'"
+            )
+        )[0]
+        if row["cert_fingerprint"]:
+            break
+        await asyncio.sleep(0.25)
+    assert row is not None and row["cert_fingerprint"] == pki.fingerprint(issued.cert)
+    assert row["cert_not_after"] == issued.cert.not_valid_after_utc
+
+
+async def test_mtls_writing_as_another_device_is_403_and_a_dead_letter(
+    secure: Secure,
+) -> None:
+    cert, key, _ = secure.ca.device("truck-8")
+    reader, writer = await open_https(secure, cert, key)
+    status, answer = await post(reader, writer, "truck-9", reading(1_700_000_000_000))
+    writer.close()
+    assert status == 403
+    assert answer["error"] == "certificate of 'truck-8' may not write as 'truck-9'"
+    assert not await secure.d.fetchval(
+        "SELECT count(*) FROM ingestd.readings WHERE device_id = 'truck-9'"
+    )
+    reason = await secure.d.fetchval(
+        "SELECT reason FROM ingestd.dead_letters WHERE device_id = 'truck-9'"
+    )
+    assert reason == "certificate of 'truck-8' may not write as 'truck-9'"
+
+
+@pytest.mark.parametrize("case", ["expired", "unknown CA", "no certificate"])
+async def test_mtls_handshake_refuses(
+    secure: Secure, case: str, tmp_path: Path
+) -> None:
+    if case == "expired":
+        past = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
+        cert, key, _ = secure.ca.device("old-1", days=2, not_before=past)
+    elif case == "unknown CA":
+        cert, key, _ = make_ca(tmp_path / "other").device("stranger-1")
+    else:
+        cert = key = None
+    # TLS 1.3 finishes the client's side before the server has judged its
+    # certificate: the refusal arrives as an alert on the first read
+    with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
+        reader, writer = await open_https(secure, cert, key)
+        await post(reader, writer, "old-1", reading(1_700_000_000_000))
+    stored = await secure.d.fetchval(
+        "SELECT count(*) FROM ingestd.readings WHERE device_id IN"
+        " ('old-1', 'stranger-1')"
+    )
+    assert stored == 0
+
+
+async def test_mtls_plain_http_is_off(secure: Secure) -> None:
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", secure.d.server.http_port)
+
+
+# -- revocation -----------------------------------------------------------------
+
+
+async def test_mtls_revocation_closes_open_https_and_wss_within_a_second(
+    secure: Secure,
+) -> None:
+    cert, key, issued = secure.ca.device("scale-3")
+    await secure.record(issued, "scale-3")
+    reader, writer = await open_https(secure, cert, key)
+    status, _ = await post(reader, writer, "scale-3", reading(1_700_000_000_000))
+    assert status == 202
+    ws_reader, ws_writer = await open_https(secure, cert, key)
+    ws_writer.write(
+        b"GET /v1/ws?device=scale-3 HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: "
+        + base64.b64encode(os.urandom(16))
+        + b"\r\n\r\n"
+    )
+    assert (await ws_reader.readline()).startswith(b"HTTP/1.1 101")
+    while await ws_reader.readline() not in (b"\r\n", b""):
+        pass
+
+    revoked_at = time.monotonic()
+    await secure.revoke("scale-3")
+    https_closed, wss_closed = await asyncio.gather(
+        closed_within(reader, 5.0), closed_within(ws_reader, 5.0)
+    )
+    took = time.monotonic() - revoked_at
+    writer.close()
+    ws_writer.close()
+    assert https_closed < 1.0 and wss_closed < 1.0, (https_closed, wss_closed)
+    assert took < 1.5
+
+    # ... and the same certificate cannot come back
+    with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
+        reader, writer = await open_https(secure, cert, key)
+        await post(reader, writer, "scale-3", reading(1_700_000_000_001))
+    stored = await secure.d.fetchval(
+        "SELECT count(*) FROM ingestd.readings WHERE device_id = 'scale-3'"
+    )
+    assert stored == 1
+
+
+async def test_mtls_websocket_upgrade_as_another_device_is_403(secure: Secure) -> None:
+    cert, key, _ = secure.ca.device("press-1")
+    reader, writer = await open_https(secure, cert, key)
+    writer.write(
+        b"GET /v1/ws?device=press-2 HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: "
+        + base64.b64encode(os.urandom(16))
+        + b"\r\n\r\n"
+    )
+    line = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    assert line.startswith(b"HTTP/1.1 403")
+
+
+# -- CoAP over TLS --------------------------------------------------------------
+
+
+async def coap_client(s: Secure, cert: Path, key: Path) -> aiocoap.Context:
+    client = await aiocoap.Context.create_client_context()
+    ctx = s.client(cert, key)
+    ctx.set_alpn_protocols(["coap"])
+    # aiocoap's credential map cannot name a client certificate; its TLS
+    # client asks this method for the context, so hand it ours
+    client.client_credentials.ssl_client_context = lambda *_: ctx  # type: ignore[method-assign]
+    return client
+
+
+async def coap_post(
+    client: aiocoap.Context, s: Secure, device: str, body: bytes
+) -> aiocoap.Message:
+    request = aiocoap.Message(
+        code=Code.POST,
+        uri=f"coaps+tcp://127.0.0.1:{s.coaps}/v1/devices/{device}/telemetry",
+        payload=body,
+        content_format=50,
+    )
+    return await asyncio.wait_for(client.request(request).response, 15)
+
+
+async def test_mtls_coap_over_tls_identity_and_revocation(secure: Secure) -> None:
+    cert, key, issued = secure.ca.device("reefer-1")
+    await secure.record(issued, "reefer-1")
+    client = await coap_client(secure, cert, key)
+    try:
+        ok = await coap_post(client, secure, "reefer-1", reading(1_700_000_000_000))
+        assert ok.code == Code.CHANGED, ok.payload
+        wrong = await coap_post(client, secure, "reefer-2", reading(1_700_000_000_000))
+        assert wrong.code == Code.FORBIDDEN
+        assert orjson.loads(wrong.payload) == {
+            "error": "certificate of 'reefer-1' may not write as 'reefer-2'"
+        }
+
+        # Revoked: the open connection is cut; a new one is refused
+        await secure.revoke("reefer-1")
+        await asyncio.sleep(1.0)
+        with pytest.raises((aiocoap.error.Error, TimeoutError, OSError)):
+            answer = await coap_post(
+                client, secure, "reefer-1", reading(1_700_000_000_001)
+            )
+            assert answer.code != Code.CHANGED  # pragma: no cover - must not land
+    finally:
+        await client.shutdown()
+    stored = await secure.d.fetchval(
+        "SELECT count(*) FROM ingestd.readings WHERE device_id LIKE 'reefer-%'"
+    )
+    assert stored == 1
+
+
+async def test_mtls_certificate_revoked_before_connecting_is_refused(
+    secure: Secure,
+) -> None:
+    cert, key, issued = secure.ca.device("tag-5")
+    await secure.record(issued, "tag-5")
+    await secure.revoke("tag-5")
+    await asyncio.sleep(1.0)  # the poll interval, so the server has read it
+    conn: asyncpg.Connection = await secure.d.connect()
+    try:
+        revoked = await conn.fetchval(
+            "SELECT revoked_at IS NOT NULL FROM ingestd.certificates"
+            " WHERE device_id = 'tag-5'"
+        )
+    finally:
+        await conn.close()
+    assert revoked
+    with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
+        reader, writer = await open_https(secure, cert, key)
+        await post(reader, writer, "tag-5", reading(1_700_000_000_000))
