@@ -5,6 +5,8 @@
 - ``load``: a fixed rate of readings over MQTT, HTTP, WebSocket or CoAP
   (UDP or TCP); P50 to max latency
   and the sustained rate, written to ``bench/results/<name>.json``.
+- ``storm``: thousands of devices opening mTLS connections within seconds;
+  success rate and handshake percentiles.
 - ``replay``: send a folder of payload files to a running server and show
   what it answered for each.
 """
@@ -15,7 +17,7 @@ import argparse
 import sys
 import warnings
 
-from . import demo, load, replay
+from . import demo, load, replay, storm
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         ("demo", demo, "run a simulated fleet against a local stack (make demo)"),
         ("load", load, "measure latency and throughput at a fixed rate"),
         ("replay", replay, "send payload files to a running server"),
+        ("storm", storm, "many devices opening mTLS connections at once"),
     ):
         sub = commands.add_parser(
             name,

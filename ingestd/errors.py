@@ -54,3 +54,22 @@ class NoRoute(DecodeError):
     http_status = 404
     coap_code = "4.04"
     mqtt_reason = 0x90  # topic name invalid
+
+
+class Forbidden(IngestError):
+    """The sender's certificate does not allow this write: another device's
+    path, or a payload naming a device other than the certificate's."""
+
+    http_status = 403
+    coap_code = "4.03"
+    mqtt_reason = 0x87  # not authorized
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PkiError(IngestError):
+    """An ``ingestd certs`` request that cannot be done as asked: no CA yet,
+    a CA that would be overwritten, an unknown device, a bad id. The CLI
+    prints it on one line and exits 2."""

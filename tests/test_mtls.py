@@ -26,7 +26,7 @@ from aiocoap.numbers.codes import Code
 from bench import harness
 from ingestd.security import inventory, pki
 
-from .conftest import Deployment, deploy
+from .conftest import FIXTURES, Deployment, deploy
 
 
 @dataclass
@@ -82,6 +82,19 @@ class Secure:
             await conn.close()
 
 
+# A network server's uplink names its device in the payload (end_device_ids)
+TTN_ROUTE = """
+[[http.routes]]
+content_type = "application/json"
+codec = "json"
+
+[[http.routes]]
+content_type = "application/x-ttn+json"
+codec = "ttn"
+"""
+TTN_UPLINK = FIXTURES / "ttn_v3" / "tts_docs_uplink_example.json"
+
+
 @pytest.fixture(scope="module")
 async def secure(
     pg_uri: str,
@@ -99,7 +112,7 @@ certificate = "{ca.folder / "server.pem"}"
 private_key = "{ca.folder / "server.key"}"
 client_ca = "{ca.folder / "root.pem"}"
 revocation_poll_s = 0.5
-"""
+{TTN_ROUTE}"""
     d = await deploy(
         pg_uri, f"t_mtls_{run_id}", broker, tmp, extra,
         sections={
@@ -226,6 +239,26 @@ async def test_mtls_handshake_refuses(
         " ('old-1', 'stranger-1')"
     )
     assert stored == 0
+
+
+async def test_mtls_payload_naming_another_device_is_403(secure: Secure) -> None:
+    """A device's certificate does not let its payload write for others."""
+    uplink = orjson.loads(TTN_UPLINK.read_bytes())
+    named = uplink["end_device_ids"]["device_id"]
+    cert, key, _ = secure.ca.device("gw-7")
+    reader, writer = await open_https(secure, cert, key)
+    writer.write(
+        b"POST /v1/devices/gw-7/telemetry HTTP/1.1\r\nHost: t\r\n"
+        b"Content-Type: application/x-ttn+json\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(TTN_UPLINK.read_bytes()), TTN_UPLINK.read_bytes())
+    )
+    line = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    assert line.startswith(b"HTTP/1.1 403"), line
+    reason = await secure.d.fetchval(
+        "SELECT reason FROM ingestd.dead_letters WHERE device_id = 'gw-7'"
+    )
+    assert reason == f"certificate of 'gw-7' may not write for {named!r}"
 
 
 async def test_mtls_plain_http_is_off(secure: Secure) -> None:

@@ -67,6 +67,15 @@ class Peer:
         self.not_after = not_after
 
 
+def foreign_device(readings: Any, device: str) -> str | None:
+    """A device other than ``device`` among ``readings``, if any: a payload
+    may not write for others over a connection authenticated as one."""
+    for reading in readings:
+        if reading.device != device:
+            return str(reading.device)
+    return None
+
+
 def peer_of(ssl_object: Any) -> Peer | None:
     """The peer certificate of a finished handshake, or None if none was sent."""
     der = ssl_object.getpeercert(binary_form=True) if ssl_object else None

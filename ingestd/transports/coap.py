@@ -43,10 +43,16 @@ from ..codecs import catalog
 from ..codecs.base import MAX_NAME, Codec, Decoded
 from ..codecs.mapping import Mapping
 from ..config import JSON, Coap, Security
-from ..errors import DecodeError, IngestError, PayloadTooLarge, UnsupportedFormat
+from ..errors import (
+    DecodeError,
+    Forbidden,
+    IngestError,
+    PayloadTooLarge,
+    UnsupportedFormat,
+)
 from ..model import Origin
 from ..pipeline.batcher import Batcher
-from ..security.gate import Gate, Peer
+from ..security.gate import Gate, Peer, foreign_device
 
 TRANSPORTS = {"udp": "udp6", "tcp": "tcpserver"}
 
@@ -92,6 +98,7 @@ class Telemetry(aiocoap.resource.Resource, aiocoap.resource.PathCapable):
         if not device or "\x00" in device or len(device) > MAX_NAME:
             return _diagnostic(Code.NOT_FOUND, {"error": "bad device id in path"})
         origin.device = device
+        peer = None
         if self.gate is not None and scheme == "coaps+tcp":
             peer = self._admit(request.remote)
             if peer is False or (peer is not None and peer.device != device):
@@ -121,6 +128,11 @@ class Telemetry(aiocoap.resource.Resource, aiocoap.resource.PathCapable):
                     f"unsupported Content-Format {fmt}", "content-format"
                 )
             codec.decode(payload, origin, decoded)
+            if peer and (other := foreign_device(decoded.readings, device)):
+                metrics.tls_wrong_identity.labels("coap").inc()
+                raise Forbidden(
+                    f"certificate of {device!r} may not write for {other!r}"
+                )
         except IngestError as exc:
             body = {"error": getattr(exc, "reason", str(exc))}
             if isinstance(exc, DecodeError) and not isinstance(exc, UnsupportedFormat):

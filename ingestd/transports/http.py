@@ -34,6 +34,7 @@ from ..config import Http
 from ..errors import DecodeError, IngestError
 from ..model import Origin
 from ..pipeline.batcher import Batcher
+from ..security.gate import foreign_device
 from . import websocket
 from .http1 import HttpConnection, Request
 
@@ -111,7 +112,7 @@ class TelemetryEndpoint:
         except DecodeError as exc:
             self._refuse(request, origin, body, exc.http_status, str(exc), exc.path)
             return
-        if peer is not None and (other := _other_device(decoded, device)):
+        if peer is not None and (other := foreign_device(decoded.readings, device)):
             metrics.tls_wrong_identity.labels("http").inc()
             reason = f"certificate of {device!r} may not write for {other!r}"
             self._refuse(request, origin, body, 403, reason)
@@ -169,14 +170,6 @@ class TelemetryEndpoint:
         self.batcher.dead_letter(
             origin, body, reason, (_answer_error, (request, status, payload))
         )
-
-
-def _other_device(decoded: Decoded, device: str) -> str | None:
-    """A device other than ``device`` that the payload writes for, if any."""
-    for reading in decoded.readings:
-        if reading.device != device:
-            return reading.device
-    return None
 
 
 def _answer_decoded(token: tuple[Request, Decoded]) -> None:

@@ -33,8 +33,9 @@ from wsproto.utilities import ProtocolError, generate_accept_token
 
 from .. import clock, log, metrics
 from ..codecs.base import MAX_NAME, Codec, Decoded
-from ..errors import IngestError
+from ..errors import Forbidden, IngestError
 from ..model import Origin
+from ..security.gate import foreign_device
 
 if TYPE_CHECKING:
     from ..pipeline.batcher import Batcher
@@ -162,6 +163,13 @@ class WebSocketSession(asyncio.Protocol):
         decoded = Decoded()
         try:
             self.codec.decode(payload, origin, decoded)
+            if self.http.identity and (
+                other := foreign_device(decoded.readings, self.device)
+            ):
+                metrics.tls_wrong_identity.labels("websocket").inc()
+                raise Forbidden(
+                    f"certificate of {self.device!r} may not write for {other!r}"
+                )
         except IngestError as exc:
             error = {"ack": seq, "error": getattr(exc, "reason", str(exc))}
             if hasattr(exc, "path"):
