@@ -183,10 +183,19 @@ class Admin(_Section):
 
 
 class Orders(_Section):
+    """The order dispatcher: rules on committed readings (ingestd/orders)."""
+
     enabled: bool = True
-    dispatcher_ring: int = 50_000
+    dispatcher_ring: Annotated[int, msgspec.Meta(ge=1)] = 50_000
     bindings_refresh_s: float = 5.0
     rules_refresh_s: float = 5.0
+    # Catch-up from the readings table: re-read this many ingest sequence
+    # numbers below the watermark (flushes in flight), in pages this large
+    catchup_margin: Annotated[int, msgspec.Meta(ge=0)] = 20_000
+    catchup_page: Annotated[int, msgspec.Meta(ge=1)] = 5_000
+    history_s: Annotated[float, msgspec.Meta(gt=0)] = 86_400.0  # read back at most
+    condition_every_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0  # per shipment
+    watermark_every_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
 
 
 class Config(_Section):

@@ -77,20 +77,23 @@ class Server:
         )
         bindings = Bindings()
         aliases = Aliases()
-        self.dispatcher = Dispatcher(self.pool, cfg.orders.dispatcher_ring)
+        dispatcher = Dispatcher(self.pool, bindings, cfg.orders)
         async with self.pool.acquire() as c:
             await bindings.refresh(c)
             await aliases.refresh(c)
-            await self.dispatcher.load(c)
+            if cfg.orders.enabled:
+                await dispatcher.load(c)
         self.batcher = Batcher(
             self.pool, p.flush_rows, p.flush_interval_ms, p.ring_capacity,
-            bindings, self.dispatcher.offer if cfg.orders.enabled else None,
+            bindings, dispatcher.offer if cfg.orders.enabled else None,
             aliases, p.flush_timeout_s,
         )  # fmt: skip
         self.batcher.start()
-        self.dispatcher.start()
+        if cfg.orders.enabled:
+            self.dispatcher = dispatcher
+            dispatcher.start()  # catches up from its watermark first
+            self._every(cfg.orders.rules_refresh_s, dispatcher.load)
         self._every(cfg.orders.bindings_refresh_s, lambda c: bindings.refresh(c))
-        self._every(cfg.orders.rules_refresh_s, self.dispatcher.load)
         self._every(cfg.orders.bindings_refresh_s, aliases.refresh)
         timeout = p.heartbeat_timeout_s
         self._every(max(1.0, timeout / 4), lambda c: c.execute(OFFLINE, float(timeout)))

@@ -1,13 +1,25 @@
-"""Which order a device's reading belongs to, stamped at ingest.
+"""Which order, or which shelf, a device's reading belongs to.
 
 The OMS owns ``oms.device_bindings``; ingestd reads it into memory every few
 seconds so the hot path needs a dict lookup, not a join. A binding made in
-the OMS therefore takes effect within one refresh interval.
+the OMS therefore takes effect within one refresh interval. Three kinds,
+each valid from ``valid_from`` until ``valid_to``:
+
+- ``shipment``: a tracker travels with an order (and order line) from
+  pickup to delivery;
+- ``stock``: a shelf scale weighs one SKU at one location, ``unit_weight``
+  kg per unit; it names an order only when the OMS gives one;
+- ``production``: a machine runs the production orders scheduled on it,
+  one binding per order and slot.
+
+Readings are stamped with the binding's order at ingest; the order
+dispatcher asks for the whole binding (SKU, unit weight, product).
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 import asyncpg
 
@@ -17,10 +29,33 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _FAR = 2**62
 
 LOAD = """
-SELECT device_id, order_id, valid_from, valid_to
-FROM oms.device_bindings
-ORDER BY device_id, valid_from
+SELECT b.device_id, b.valid_from, b.valid_to, b.kind, b.order_id, b.order_line,
+       b.sku, b.location, b.unit_weight, o.product
+FROM oms.device_bindings b
+LEFT JOIN oms.orders o ON o.id = b.order_id
+ORDER BY b.device_id, b.valid_from
 """
+
+
+class Binding(NamedTuple):
+    """One binding of a device, its window in µs since the epoch."""
+
+    start: int
+    end: int
+    kind: str
+    order: str | None
+    line: str | None = None
+    sku: str | None = None
+    location: str | None = None
+    unit_weight: float | None = None
+    product: str | None = None
+
+    @property
+    def subject(self) -> str:
+        """What rule state is kept for: the order, or the SKU at its place."""
+        if self.kind == "stock":
+            return f"{self.sku}@{self.location}"
+        return self.order or ""
 
 
 def _us(moment: datetime) -> int:
@@ -29,26 +64,37 @@ def _us(moment: datetime) -> int:
 
 
 class Bindings:
-    """device -> [(valid_from µs, valid_to µs, order id)], newest last."""
+    """device -> its bindings, oldest first."""
 
     def __init__(self) -> None:
-        self._by_device: dict[str, list[tuple[int, int, str]]] = {}
+        self._by_device: dict[str, list[Binding]] = {}
 
     @property
     def active(self) -> bool:
         return bool(self._by_device)
 
+    def __contains__(self, device: str) -> bool:
+        return device in self._by_device
+
     async def refresh(self, conn: asyncpg.Connection) -> None:
-        table: dict[str, list[tuple[int, int, str]]] = {}
-        for device, order, start, end in await conn.fetch(LOAD):
-            table.setdefault(device, []).append((_bound(start), _bound(end), order))
+        table: dict[str, list[Binding]] = {}
+        for row in await conn.fetch(LOAD):
+            device, start, end, *rest = row
+            table.setdefault(device, []).append(
+                Binding(_bound(start), _bound(end), *rest)
+            )
         self._by_device = table
 
-    def order_for(self, device: str, ts: int) -> str | None:
-        for start, end, order in reversed(self._by_device.get(device, ())):
-            if start <= ts < end:
-                return order
+    def binding_for(self, device: str, ts: int) -> Binding | None:
+        """The binding in force for ``device`` at ``ts``; the newest wins."""
+        for binding in reversed(self._by_device.get(device, ())):
+            if binding.start <= ts < binding.end:
+                return binding
         return None
+
+    def order_for(self, device: str, ts: int) -> str | None:
+        binding = self.binding_for(device, ts)
+        return binding.order if binding is not None else None
 
     def stamp(self, readings: list[Reading]) -> None:
         table = self._by_device

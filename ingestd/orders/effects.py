@@ -1,0 +1,192 @@
+"""Effects of one dispatch, written in one transaction, a statement per table.
+
+Every effect has a key (``rule|subject|device|µs|what``) and every table a
+unique constraint on it, so writing the same effect twice (a redelivered
+reading, a catch-up re-reading its safety margin, a late reading that made
+a device's history be evaluated again) changes nothing. Tickets and
+downtime also allow at most one open row per rule, order and device.
+
+Order of statements: closing earlier incidents before opening new ones
+(the one-open index), the effect tables before the outbox (whose rows look
+their ids up by key), the watermark last; then ``NOTIFY`` with the newest
+outbox id. An incident opened and closed within one dispatch is inserted
+already closed, and also closed by key, in case a re-evaluation found again
+an incident written open before.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import asyncpg
+import orjson
+
+CLOSE_TICKETS = """
+UPDATE ingestd.service_tickets t
+SET closed_at = u.at, closed_detected_at = u.detected, peak = u.peak
+FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::float8[])
+     AS u(key, at, detected, peak)
+WHERE t.effect_key = u.key AND t.closed_at IS NULL
+"""
+
+OPEN_TICKETS = """
+INSERT INTO ingestd.service_tickets
+    (effect_key, kind, order_id, device_id, rule_id, reason, opened_at,
+     detected_at, closed_at, closed_detected_at, peak)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::text[], $7::timestamptz[], $8::timestamptz[],
+                     $9::timestamptz[], $10::timestamptz[], $11::float8[])
+ON CONFLICT DO NOTHING
+"""
+
+END_DOWNTIME = """
+UPDATE ingestd.downtime d
+SET ended_at = u.at, end_detected_at = u.detected
+FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS u(key, at, detected)
+WHERE d.effect_key = u.key AND d.ended_at IS NULL
+"""
+
+START_DOWNTIME = """
+INSERT INTO ingestd.downtime
+    (effect_key, order_id, device_id, rule_id, cause, started_at, detected_at,
+     ended_at, end_detected_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::timestamptz[], $7::timestamptz[], $8::timestamptz[],
+                     $9::timestamptz[])
+ON CONFLICT DO NOTHING
+"""
+
+STOCK = """
+INSERT INTO ingestd.stock_levels
+    (effect_key, sku, location, device_id, units, weight_kg, measured_at, detected_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[],
+                     $6::float8[], $7::timestamptz[], $8::timestamptz[])
+ON CONFLICT (effect_key) DO NOTHING
+"""
+
+OUTBOX = """
+INSERT INTO ingestd.order_updates
+    (order_id, kind, payload, effect_key, occurred_at, detected_at,
+     ticket_id, stock_id, downtime_id)
+SELECT u.order_id, u.kind, u.payload, u.key, u.occurred, u.detected,
+       (SELECT id FROM ingestd.service_tickets WHERE effect_key = u.ticket),
+       (SELECT id FROM ingestd.stock_levels WHERE effect_key = u.stock),
+       (SELECT id FROM ingestd.downtime WHERE effect_key = u.downtime)
+FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::timestamptz[],
+            $6::timestamptz[], $7::text[], $8::text[], $9::text[])
+     WITH ORDINALITY AS u(order_id, kind, payload, key, occurred, detected,
+                          ticket, stock, downtime, n)
+ORDER BY u.n
+ON CONFLICT (effect_key) DO NOTHING
+RETURNING id
+"""
+
+WATERMARK = """
+INSERT INTO ingestd.dispatch_watermark (seq) VALUES ($1)
+ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, updated_at = now()
+"""
+
+
+def moment(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1e6, tz=timezone.utc)
+
+
+class Effects:
+    """What one dispatch found, collected in evaluation order."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(timezone.utc)
+        self.outbox: list[tuple[Any, ...]] = []
+        self.tickets: dict[str, list[Any]] = {}
+        self.ticket_closes: list[tuple[str, datetime, datetime, float | None]] = []
+        self.downtime: dict[str, list[Any]] = {}
+        self.downtime_ends: list[tuple[str, datetime, datetime]] = []
+        self.stock: list[tuple[Any, ...]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.outbox)
+
+    def update(
+        self,
+        order: str | None,
+        kind: str,
+        payload: dict[str, Any],
+        key: str,
+        occurred: int,
+        *,
+        ticket: str | None = None,
+        stock: str | None = None,
+        downtime: str | None = None,
+    ) -> None:
+        """One outbox row; ``ticket``/``stock``/``downtime`` name its row by key."""
+        self.outbox.append(
+            (order, kind, orjson.dumps(payload).decode(), key, moment(occurred),
+             self.now, ticket, stock, downtime)
+        )  # fmt: skip
+
+    def open_ticket(
+        self, key: str, kind: str, order: str, device: str, rule: str,
+        reason: str, opened: int,
+    ) -> None:  # fmt: skip
+        self.tickets[key] = [
+            key, kind, order, device, rule, reason, moment(opened), self.now,
+            None, None, None,
+        ]  # fmt: skip
+
+    def close_ticket(self, key: str, closed: int, peak: float | None) -> None:
+        row = self.tickets.get(key)
+        if row is not None:  # opened in this dispatch: insert it closed
+            row[8], row[9], row[10] = moment(closed), self.now, peak
+        # ... and close it in case it was written open before (a re-evaluation)
+        self.ticket_closes.append((key, moment(closed), self.now, peak))
+
+    def start_downtime(
+        self, key: str, order: str, device: str, rule: str, cause: str, at: int
+    ) -> None:
+        self.downtime[key] = [
+            key, order, device, rule, cause, moment(at), self.now, None, None
+        ]  # fmt: skip
+
+    def end_downtime(self, key: str, at: int) -> None:
+        row = self.downtime.get(key)
+        if row is not None:
+            row[7], row[8] = moment(at), self.now
+        self.downtime_ends.append((key, moment(at), self.now))
+
+    def stock_level(
+        self, key: str, sku: str, location: str, device: str, units: int,
+        weight: float, at: int,
+    ) -> None:  # fmt: skip
+        self.stock.append(
+            (key, sku, location, device, units, weight, moment(at), self.now)
+        )
+
+    async def write(self, conn: asyncpg.Connection, watermark: int | None) -> int:
+        """Write everything in one transaction; returns the outbox rows added."""
+        ids: list[int] = []
+        async with conn.transaction():
+            if self.ticket_closes:
+                await conn.execute(CLOSE_TICKETS, *_columns(self.ticket_closes))
+            if self.tickets:
+                await conn.execute(OPEN_TICKETS, *_columns(self.tickets.values()))
+            if self.downtime_ends:
+                await conn.execute(END_DOWNTIME, *_columns(self.downtime_ends))
+            if self.downtime:
+                await conn.execute(START_DOWNTIME, *_columns(self.downtime.values()))
+            if self.stock:
+                await conn.execute(STOCK, *_columns(self.stock))
+            if self.outbox:
+                rows = await conn.fetch(OUTBOX, *_columns(self.outbox))
+                ids = [row[0] for row in rows]
+            if watermark is not None:
+                await conn.execute(WATERMARK, watermark)
+            if ids:
+                await conn.execute(
+                    "SELECT pg_notify('ingestd_order_updates', $1)", str(max(ids))
+                )
+        return len(ids)
+
+
+def _columns(rows: Any) -> list[list[Any]]:
+    return [list(column) for column in zip(*rows, strict=True)]
