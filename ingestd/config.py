@@ -47,6 +47,8 @@ class Pipeline(_Section):
     plausible_future_s: float = 86400.0
     retry_after_s: int = 1  # what a 503 tells HTTP senders
     flush_timeout_s: float = 30.0  # a flush unanswered this long: reconnect, retry
+    # One message with more (readings and rejected parts) is refused whole
+    max_readings_per_message: Annotated[int, msgspec.Meta(ge=1)] = 50_000
 
 
 class Route(_Section):
@@ -327,6 +329,11 @@ def _check(config: Config, name: str) -> None:
         )
     if p.flush_interval_ms <= 0:
         raise ConfigError(f"{name}: pipeline.flush_interval_ms must be positive")
+    if p.max_readings_per_message > p.ring_capacity:
+        raise ConfigError(
+            f"{name}: pipeline.max_readings_per_message must be at most "
+            "pipeline.ring_capacity"
+        )
     if p.flush_timeout_s <= 0:
         raise ConfigError(f"{name}: pipeline.flush_timeout_s must be positive")
     try:

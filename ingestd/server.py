@@ -88,6 +88,7 @@ class Server:
             bindings, dispatcher.offer if cfg.orders.enabled else None,
             aliases, p.flush_timeout_s,
         )  # fmt: skip
+        self.batcher.max_readings = p.max_readings_per_message
         self.batcher.start()
         if cfg.orders.enabled:
             self.dispatcher = dispatcher

@@ -56,6 +56,12 @@ RETRYABLE = (
     asyncpg.DeadlockDetectedError,
 )
 
+# What asyncpg raises, before the server sees it, for a value it cannot
+# encode: a lone surrogate in text (UnicodeEncodeError), an integer beyond
+# 64 bits (OverflowError), a wrong type. It abandons the COPY, and the batch
+# is written piecewise like one the server refused.
+REFUSED = (asyncpg.PostgresError, ValueError, TypeError, OverflowError)
+
 
 class Batch:
     __slots__ = ("readings", "dead", "devices", "acks", "weight", "offline", "aliases")
@@ -73,6 +79,10 @@ class Batch:
 
 class Batcher:
     """The single path from decoded messages to committed rows."""
+
+    # Readings and rejects one message may carry (pipeline.max_readings_per_
+    # message); a larger message is refused whole, see ``_refuse_oversized``.
+    max_readings = 50_000
 
     def __init__(
         self,
@@ -114,6 +124,8 @@ class Batcher:
         self, origin: Origin, decoded: Decoded, raw: bytes, ack: Ack | None
     ) -> None:
         """Take one handled message; ``ack`` is called after its commit."""
+        if len(decoded.readings) + len(decoded.rejects) > self.max_readings:
+            _refuse_oversized(decoded, self.max_readings)
         batch = self._batch
         readings = decoded.readings
         received = origin.received
@@ -253,7 +265,7 @@ class Batcher:
                             conn, rows, batch.devices, batch.dead,
                             batch.offline, batch.aliases,
                         )  # fmt: skip
-                    except asyncpg.PostgresError as exc:
+                    except REFUSED as exc:
                         if isinstance(exc, RETRYABLE):
                             raise
                         log.pipeline.error("flush refused (%s); salvaging", exc)
@@ -323,14 +335,14 @@ class Batcher:
             await writer.write(
                 conn, [], batch.devices, [], batch.offline, batch.aliases
             )
-        except asyncpg.PostgresError as exc:
+        except REFUSED as exc:
             if isinstance(exc, RETRYABLE):
                 raise
             log.pipeline.error("registry update refused, skipped: %s", exc)
         for letter in batch.dead:
             try:
                 await writer.write(conn, [], {}, [letter])
-            except asyncpg.PostgresError as exc:
+            except REFUSED as exc:
                 if isinstance(exc, RETRYABLE):
                     raise
                 reason = f"dead letter refused: {exc}"
@@ -338,15 +350,36 @@ class Batcher:
         for row in rows:
             try:
                 await writer.write(conn, [row], {}, [])
-            except asyncpg.PostgresError as exc:
+            except REFUSED as exc:
                 if isinstance(exc, RETRYABLE):
                     raise
-                raw = orjson.dumps(list(row), default=repr)
+                try:
+                    raw = orjson.dumps(list(row), default=repr)
+                except TypeError:  # text orjson refuses too (a lone surrogate)
+                    raw = repr(row).encode()
                 refused.append(
                     (now, row[10], "flush", None, f"refused: {exc}", None, raw)
                 )
         if refused:
             await writer.write(conn, [], {}, refused)
+
+
+def _refuse_oversized(decoded: Decoded, limit: int) -> None:
+    """Turn a message of more than ``limit`` readings and rejects into one
+    reject of the whole: nothing of it is stored, so the sender can split it
+    and send it again without duplicating a part. The limit bounds what one
+    message takes of the buffer, of a flush and of its answer."""
+    n = len(decoded.readings) + len(decoded.rejects)
+    reason = (
+        f"{n} readings in one message, over the limit of {limit} "
+        "(pipeline.max_readings_per_message): send them in smaller messages"
+    )
+    decoded.readings.clear()
+    decoded.rejects.clear()
+    decoded.firmware.clear()
+    decoded.offline.clear()
+    decoded.aliases.clear()
+    decoded.reject("$", reason)
 
 
 def _printable(text: str) -> str:
