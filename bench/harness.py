@@ -68,9 +68,15 @@ log_type warning
 
 
 class Mosquitto:
-    """A private Mosquitto; ``restart`` keeps its persisted sessions."""
+    """A private Mosquitto; ``restart`` keeps its persisted sessions.
 
-    def __init__(self, port: int | None = None, data: Path | None = None) -> None:
+    ``extra`` is appended to the configuration: more listeners, TLS, an ACL
+    (``ingestd certs broker-config`` writes such a file).
+    """
+
+    def __init__(
+        self, port: int | None = None, data: Path | None = None, extra: str = ""
+    ) -> None:
         binary = mosquitto_binary()
         if binary is None:
             raise RuntimeError(
@@ -81,7 +87,9 @@ class Mosquitto:
         self.port = port or free_port()
         self.data = data or Path(tempfile.mkdtemp(prefix="ingestd-mosquitto-"))
         self.conf = self.data / "mosquitto.conf"
-        self.conf.write_text(MOSQUITTO_CONF.format(port=self.port, data=self.data))
+        self.conf.write_text(
+            MOSQUITTO_CONF.format(port=self.port, data=self.data) + extra
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Mosquitto:
@@ -105,6 +113,11 @@ class Mosquitto:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto rereads its configuration, CRL included."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGHUP)
 
 
 class Amqtt:

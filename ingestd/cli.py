@@ -1,4 +1,4 @@
-"""The ``ingestd`` command: serve, migrate, schema."""
+"""The ``ingestd`` command: serve, migrate, schema, certs."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import orjson
 from . import config as config_mod
 from . import log
 from .errors import ConfigError
+from .security import commands as certs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     migrate = sub.add_parser("migrate", help="apply database migrations")
     migrate.add_argument("--config", "-c", help="TOML configuration file")
     sub.add_parser("schema", help="print the JSON Schema of the reading model")
+    certs.add_parser(sub)
     args = parser.parse_args(argv)
 
     if args.command == "schema":
@@ -45,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     log.configure(cfg.log_level)
     if args.command == "migrate":
         return _run(_migrate(cfg))
+    if args.command == "certs":
+        return certs.main(args, cfg)
     if args.workers > 1:
         return _workers(args, cfg)
     from .server import serve as serve_forever

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -93,6 +94,12 @@ class Mqtt(_Section):
     version: Literal[3, 5] = 5
     max_topic_bytes: int = 512
     max_payload_bytes: int = 256 * 1024
+    # TLS to the broker; with certificate and private_key, ingestd's own
+    # client certificate (`ingestd certs broker-config` issues one)
+    tls: bool = False
+    ca_file: str | None = None  # broker's CA bundle; None: the system's
+    certificate: str | None = None  # PEM chain: leaf, then intermediates
+    private_key: str | None = None
     routes: list[Route] = msgspec.field(
         default_factory=lambda: [
             Route(topic="devices/{device}/telemetry", codec="json"),
@@ -348,6 +355,7 @@ def _check(config: Config, name: str) -> None:
             "coap.private_key, or security.certificate"
         )
     _check_security(config, name)
+    _check_mqtt_tls(config.mqtt, name)
     for type_name, device_type in config.mappings.items():
         problem = mapping.check(device_type)
         if problem:
@@ -391,6 +399,22 @@ def _check_security(config: Config, name: str) -> None:
             raise ConfigError(f"{name}: security.{field}: no file {path!r}")
     if s.revocation_poll_s <= 0 or s.handshake_timeout_s <= 0:
         raise ConfigError(f"{name}: security timeouts must be positive")
+
+
+def _check_mqtt_tls(m: Mqtt, name: str) -> None:
+    if bool(m.certificate) != bool(m.private_key):
+        raise ConfigError(f"{name}: mqtt.certificate and mqtt.private_key go together")
+    if (m.certificate or m.ca_file) and not m.tls:
+        raise ConfigError(f"{name}: mqtt.ca_file and mqtt.certificate need mqtt.tls")
+    for field in ("ca_file", "certificate", "private_key"):
+        path = getattr(m, field)
+        if path and not Path(path).expanduser().is_file():
+            raise ConfigError(f"{name}: mqtt.{field}: no file {path!r}")
+    if m.tls and m.certificate:
+        try:  # a key that does not fit the certificate: say so now
+            ssl.create_default_context().load_cert_chain(m.certificate, m.private_key)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"{name}: mqtt.certificate/private_key: {exc}") from None
 
 
 def _check_codec(name: str, where: str, codec: str, options: dict[str, Any]) -> None:

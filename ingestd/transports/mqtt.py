@@ -22,6 +22,11 @@ On MQTT 5, a route may ask for a content type or user properties, so one
 topic can carry several formats; the first route that takes a message reads
 it. A message that no route takes is a dead letter (reason 0x90).
 
+TLS: with ``mqtt.tls`` the connection is TLS, verified against
+``mqtt.ca_file`` (else the system's trust), and ingestd shows its own client
+certificate when ``mqtt.certificate`` is set: what ``ingestd certs
+broker-config`` sets the broker up to require.
+
 Left out: QoS 2 exactly-once handshakes (readings are idempotent, QoS 1 is
 enough).
 """
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from typing import Any
 
 import gmqtt
@@ -69,6 +75,7 @@ class MqttSubscriber:
         self._stopping = False
         self._holding = False
         self._v5 = config.version == 5
+        self._tls = tls_context(config) if config.tls else False
         properties: dict[str, Any] = {}
         if self._v5:
             properties["session_expiry_interval"] = config.session_expiry_s
@@ -101,7 +108,7 @@ class MqttSubscriber:
         while True:
             try:
                 await self.client.connect(
-                    self.config.host, self.config.port,
+                    self.config.host, self.config.port, ssl=self._tls,
                     keepalive=self.config.keepalive_s, version=version,
                 )  # fmt: skip
                 return
@@ -229,6 +236,15 @@ class MqttSubscriber:
             return
         if transport is not None and not transport.is_closing():
             transport.resume_reading()
+
+
+def tls_context(config: Mqtt) -> ssl.SSLContext:
+    """Client TLS to the broker: its certificate checked against
+    ``ca_file`` and its host name, ours shown when configured."""
+    context = ssl.create_default_context(cafile=config.ca_file)
+    if config.certificate:
+        context.load_cert_chain(config.certificate, config.private_key)
+    return context
 
 
 def _properties(props: Any) -> tuple[str | None, dict[str, Any]]:
