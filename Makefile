@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench build lint clean
+.PHONY: demo test test-fast test-faults bench build lint clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ test: build
 
 test-fast: build
 	$(PY) -m pytest -q tests -m "not faults"
+
+# The fault tests alone (kill -9, PostgreSQL and broker restarts, broken
+# links, overload): about a minute each; `make test` runs them too.
+test-faults: build
+	$(PY) -m pytest -q tests -m faults
 
 bench: build
 	$(PY) -m pytest -q bench --benchmark-only

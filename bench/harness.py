@@ -86,6 +86,7 @@ class Mosquitto:
         self.binary = binary
         self.port = port or free_port()
         self.data = data or Path(tempfile.mkdtemp(prefix="ingestd-mosquitto-"))
+        _hand_to_broker_user(self.data)
         self.conf = self.data / "mosquitto.conf"
         self.conf.write_text(
             MOSQUITTO_CONF.format(port=self.port, data=self.data) + extra
@@ -118,6 +119,22 @@ class Mosquitto:
         """SIGHUP: Mosquitto rereads its configuration, CRL included."""
         if self.proc is not None:
             self.proc.send_signal(signal.SIGHUP)
+
+
+def _hand_to_broker_user(data: Path) -> None:
+    """Started as root, Mosquitto drops to user ``mosquitto`` and then cannot
+    write its log or its persistence file into a root-owned 0700 directory;
+    persistence then does nothing, silently, and a restart loses every
+    session and queued message. The directory is handed over to that user."""
+    if os.geteuid() != 0:
+        return
+    import pwd
+
+    try:
+        user = pwd.getpwnam("mosquitto")
+    except KeyError:  # no such user: Mosquitto stays root
+        return
+    os.chown(data, user.pw_uid, user.pw_gid)
 
 
 class Amqtt:

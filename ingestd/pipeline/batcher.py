@@ -12,7 +12,11 @@ Bounded: ``pending`` counts readings received and not yet committed. Above
 answer 503 (HTTP) until ``on_space`` callbacks say it drained below half.
 PostgreSQL down or failing: the batch is kept and retried with backoff,
 which keeps the batcher full and the senders pushed back; nothing that was
-acknowledged depends on a write that has not committed.
+acknowledged depends on a write that has not committed. A write that takes
+longer than ``flush_timeout`` (a black-holed link answers nothing, and
+neither a task cancellation nor asyncpg's ``command_timeout`` ends a COPY
+before its own 60 s) has its connection torn down and is retried like any
+other lost connection.
 """
 
 from __future__ import annotations
@@ -93,8 +97,10 @@ class Batcher:
         bindings: Bindings | None = None,
         on_commit: Callable[[list[Reading]], None] | None = None,
         aliases: Aliases | None = None,
+        flush_timeout: float = 30.0,
     ) -> None:
         self.pool = pool
+        self.flush_timeout = flush_timeout
         self.flush_rows = flush_rows
         self.interval = flush_interval_ms / 1000
         self.capacity = capacity
@@ -258,24 +264,37 @@ class Batcher:
         started = time.perf_counter()
         backoff = 0.05
         while True:
+            overdue: list[bool] = []
             try:
                 async with self.pool.acquire() as conn:
+                    # Cancelling the task would not do: the rollback that
+                    # follows waits on the same dead link. Aborting the
+                    # socket fails every wait on it at once.
+                    deadline = asyncio.get_running_loop().call_later(
+                        self.flush_timeout, _abort, conn, overdue
+                    )
                     try:
                         await writer.write(
                             conn, rows, batch.devices, batch.dead,
                             batch.offline, batch.aliases,
                         )  # fmt: skip
                     except REFUSED as exc:
-                        if isinstance(exc, RETRYABLE):
+                        if isinstance(exc, RETRYABLE) or overdue:
                             raise
+                        deadline.cancel()  # piecewise is slow, and not stuck
                         log.pipeline.error("flush refused (%s); salvaging", exc)
                         await self._salvage(conn, batch, rows)
+                    finally:
+                        deadline.cancel()
                 break
             except RETRYABLE as exc:
                 metrics.flush_failures.inc()
+                cause: BaseException = exc
+                if overdue:
+                    cause = TimeoutError(f"no answer within {self.flush_timeout}s")
                 log.pipeline.warning(
                     "flush of %d readings failed (%s: %s); retrying in %.2fs",
-                    len(rows), type(exc).__name__, exc, backoff,
+                    len(rows), type(cause).__name__, cause, backoff,
                 )  # fmt: skip
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -362,6 +381,11 @@ class Batcher:
                 )
         if refused:
             await writer.write(conn, [], {}, refused)
+
+
+def _abort(conn: asyncpg.Connection, overdue: list[bool]) -> None:
+    overdue.append(True)
+    conn.terminate()
 
 
 def _refuse_oversized(decoded: Decoded, limit: int) -> None:
