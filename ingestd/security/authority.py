@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from ..errors import PkiError
 from . import inventory, pki
 
+CRL_DAYS = 7.0  # a CRL's life until nextUpdate; `ingestd certs crl` renews it
+
 
 def folder_name(name: str) -> str:
     """``name`` as one path component: percent-encoded, no leading dot."""
@@ -281,7 +283,9 @@ class Authority:
             sys.stdout.write(crl.decode())
         return 0
 
-    async def write_crl(self, conn: asyncpg.Connection, days: float = 7.0) -> bytes:
+    async def write_crl(
+        self, conn: asyncpg.Connection, days: float = CRL_DAYS
+    ) -> bytes:
         """Sign the CRL of the intermediate's revocations and write it to
         ``ca/crl.pem`` and every path listed in ``ca/crl-copies``."""
         revoked = await inventory.revoked_for_crl(conn, self.issuing.cert)
@@ -312,7 +316,7 @@ class Authority:
 
     # -- listing --------------------------------------------------------
 
-    async def list(self, conn: asyncpg.Connection, device_id: str | None) -> int:
+    async def show(self, conn: asyncpg.Connection, device_id: str | None) -> int:
         rows = await inventory.listing(conn, device_id)
         if not rows:
             print(

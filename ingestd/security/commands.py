@@ -42,8 +42,7 @@ from typing import Any
 
 from .. import config as config_mod
 from ..errors import PkiError
-
-CRL_DAYS = 7
+from .authority import CRL_DAYS, Authority
 
 
 def add_parser(sub: Any) -> None:
@@ -117,19 +116,19 @@ def main(args: argparse.Namespace, cfg: config_mod.Config) -> int:
 
 
 async def _dispatch(args: argparse.Namespace, cfg: config_mod.Config) -> int:
-    from .authority import Authority
-
     authority = Authority(pki_dir(cfg))
     verb = args.certs_command
+    # the CA's files first: a missing CA needs no database to be reported
     if verb == "init-ca":
-        authority.refuse_overwrite()  # before the database: fail fast
+        authority.refuse_overwrite()
+    elif verb != "list":
+        authority.load()
     conn = await _connect(cfg)
     try:
         if verb == "init-ca":
             return await authority.init_ca(conn)
         if verb == "list":
-            return await authority.list(conn, args.device)
-        authority.load()
+            return await authority.show(conn, args.device)
         if verb == "issue-server":
             return await authority.issue_server(conn, args.names, args.client,
                                                 args.days)  # fmt: skip
