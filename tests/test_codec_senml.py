@@ -90,6 +90,13 @@ def test_senml_sum_and_base_value_apply() -> None:
         (b'[{"n": "a\\u0000", "v": 1}]', "$[0].n", "text contains a NUL"),
         (b'[{"v": 1}]', "$[0]", "no device id"),
         (b'[{"bn": "d:", "n": "a", "t": 4102444800, "v": 1}]', "$[0].t", "timestamp"),
+        # relative to receipt, but years ahead: the window applies as well
+        (b'[{"bn": "d:", "n": "a", "t": 127600000, "v": 1}]', "$[0].t", "timestamp"),
+        (
+            b'[{"bn": "d:", "bt": 100000000, "n": "a", "t": 0.5, "v": 1}]',
+            "$[0].t",
+            "timestamp",
+        ),
         (b"[1]", "$[0]", "a SenML record is an object"),
     ],
 )

@@ -207,7 +207,11 @@ def _record(
     # When
     t = bt + _number(record.get("t", 0), f"{path}.t")
     if abs(t) < RELATIVE_LIMIT:
-        ts = origin.received + round(t * 1_000_000)
+        # Relative to receipt, up to 8.5 years either way: the window holds
+        # it to what an absolute time may be (found by atheris)
+        ts = window.check(
+            origin.received + round(t * 1_000_000), origin.received, f"{path}.t"
+        )
     else:
         # from_number: a finite time too large for a µs integer is a reject
         when = clock.from_number(t, "s", f"{path}.t")
