@@ -152,6 +152,15 @@ async def post(
     return status, orjson.loads(await reader.readexactly(length))
 
 
+def upgrade(writer: asyncio.StreamWriter, device: str) -> None:
+    """Ask for a WebSocket as ``device`` (RFC 6455 4.1)."""
+    writer.write(
+        f"GET /v1/ws?device={device} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: "
+        f"{base64.b64encode(os.urandom(16)).decode()}\r\n\r\n".encode()
+    )
+
+
 def reading(ts_ms: int, temp: float = 4.5) -> bytes:
     return orjson.dumps({"ts": ts_ms, "temp": temp})
 
@@ -278,12 +287,7 @@ async def test_mtls_revocation_closes_open_https_and_wss_within_a_second(
     status, _ = await post(reader, writer, "scale-3", reading(1_700_000_000_000))
     assert status == 202
     ws_reader, ws_writer = await open_https(secure, cert, key)
-    ws_writer.write(
-        b"GET /v1/ws?device=scale-3 HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
-        b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: "
-        + base64.b64encode(os.urandom(16))
-        + b"\r\n\r\n"
-    )
+    upgrade(ws_writer, "scale-3")
     assert (await ws_reader.readline()).startswith(b"HTTP/1.1 101")
     while await ws_reader.readline() not in (b"\r\n", b""):
         pass
@@ -312,12 +316,7 @@ async def test_mtls_revocation_closes_open_https_and_wss_within_a_second(
 async def test_mtls_websocket_upgrade_as_another_device_is_403(secure: Secure) -> None:
     cert, key, _ = secure.ca.device("press-1")
     reader, writer = await open_https(secure, cert, key)
-    writer.write(
-        b"GET /v1/ws?device=press-2 HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
-        b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: "
-        + base64.b64encode(os.urandom(16))
-        + b"\r\n\r\n"
-    )
+    upgrade(writer, "press-2")
     line = await asyncio.wait_for(reader.readline(), 10)
     writer.close()
     assert line.startswith(b"HTTP/1.1 403")

@@ -85,29 +85,17 @@ def _builder(
     )
 
 
-def _ca_usage() -> x509.KeyUsage:
+def _usage(ca: bool) -> x509.KeyUsage:
+    """A CA signs certificates and CRLs; a leaf signs handshakes (ECDSA)
+    and agrees keys."""
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
         key_encipherment=False,
         data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
-def _leaf_usage() -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=True,
-        key_cert_sign=False,
-        crl_sign=False,
+        key_agreement=not ca,
+        key_cert_sign=ca,
+        crl_sign=ca,
         encipher_only=False,
         decipher_only=False,
     )
@@ -120,7 +108,7 @@ def new_root(common_name: str = "ingestd root CA", days: float = CA_DAYS) -> Iss
     cert = (
         _builder(name, name, key.public_key(), _now(), days)
         .add_extension(x509.BasicConstraints(ca=True, path_length=1), True)
-        .add_extension(_ca_usage(), True)
+        .add_extension(_usage(ca=True), True)
         .sign(key, hashes.SHA256())
     )
     return Issued(key, cert)
@@ -142,7 +130,7 @@ def new_intermediate(
             days,
         )
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
-        .add_extension(_ca_usage(), True)
+        .add_extension(_usage(ca=True), True)
         .add_extension(_authority_key_id(parent.cert), False)
         .sign(parent.key, hashes.SHA256())
     )
@@ -183,7 +171,7 @@ def issue_device(
             days,
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-        .add_extension(_leaf_usage(), True)
+        .add_extension(_usage(ca=False), True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
         .add_extension(
             x509.SubjectAlternativeName(
@@ -223,7 +211,7 @@ def issue_server(
     cert = (
         _builder(_name(names[0]), ca.cert.subject, key.public_key(), _now(), days)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-        .add_extension(_leaf_usage(), True)
+        .add_extension(_usage(ca=False), True)
         .add_extension(x509.ExtendedKeyUsage(usages), False)
         .add_extension(x509.SubjectAlternativeName(alt), False)
         .add_extension(_authority_key_id(ca.cert), False)
@@ -240,7 +228,7 @@ def issue_client(ca: Issued, name: str, days: float = SERVER_DAYS) -> Issued:
     cert = (
         _builder(_name(name), ca.cert.subject, key.public_key(), _now(), days)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-        .add_extension(_leaf_usage(), True)
+        .add_extension(_usage(ca=False), True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
         .add_extension(_authority_key_id(ca.cert), False)
         .sign(ca.key, hashes.SHA256())
