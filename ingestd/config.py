@@ -116,6 +116,7 @@ class Http(_Section):
     max_header_bytes: int = 16 * 1024
     idle_timeout_s: float = 60.0
     header_timeout_s: float = 10.0  # a request head slower than this: closed
+    body_timeout_s: float = 30.0  # a request body slower than this: closed
     tls_port: Port = 8443  # HTTPS and WSS, when security.certificate is set
     routes: list[HttpRoute] = msgspec.field(
         default_factory=lambda: [

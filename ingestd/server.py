@@ -120,6 +120,7 @@ class Server:
                     h.idle_timeout_s, refused=self.http.refused,
                     upgrade=self.http.upgrade, reuse_port=WORKERS,
                     header_timeout=h.header_timeout_s, gate=gate,
+                    body_timeout=h.body_timeout_s,
                 )  # fmt: skip
                 self._servers.append(server)
                 self._connections.append(conns)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 
 from bench import harness
 from ingestd import config
@@ -59,17 +60,32 @@ async def test_registry_marks_silent_devices_offline(
         await server.stop()
 
 
-async def test_http_slowloris_head_is_cut_off(
-    pg_uri: str, run_id: str, tmp_path: Path
+@pytest.mark.parametrize(
+    "part, opening",
+    [
+        ("head", b"POST /v1/devices/slow/telemetry HTTP/1.1\r\n"),
+        (
+            "body",
+            b"POST /v1/devices/slow/telemetry HTTP/1.1\r\nHost: t\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n",
+        ),
+    ],
+)
+async def test_http_slowloris_is_cut_off(
+    pg_uri: str, run_id: str, tmp_path: Path, part: str, opening: bytes
 ) -> None:
-    dsn = await harness.create_database(pg_uri, f"t_slowloris_{run_id}")
+    """A request whose head, or body, trickles in a byte at a time is cut
+    after ``header_timeout_s``, or ``body_timeout_s``, however busy the
+    link looks."""
+    dsn = await harness.create_database(pg_uri, f"t_slowloris_{part}_{run_id}")
+    http = {"port": harness.free_port(), "header_timeout_s": 1.0, "body_timeout_s": 1.0}
     cfg = msgspec.convert(
         {
             "database": {"dsn": dsn, "state_dir": str(tmp_path)},
             "mqtt": {"enabled": False},
             "coap": {"enabled": False},
             "admin": {"enabled": False},
-            "http": {"port": harness.free_port(), "header_timeout_s": 1.0},
+            "http": http,
         },
         config.Config,
     )
@@ -77,10 +93,10 @@ async def test_http_slowloris_head_is_cut_off(
     await server.start()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", cfg.http.port)
-        writer.write(b"POST /v1/devices/slow/telemetry HTTP/1.1\r\n")
+        writer.write(opening)
         started = asyncio.get_running_loop().time()
         closed = False
-        for _ in range(20):  # one header byte every 0.25 s, never finishing
+        for _ in range(20):  # one byte every 0.25 s, never finishing
             try:
                 writer.write(b"X")
                 await writer.drain()

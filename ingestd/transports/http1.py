@@ -26,6 +26,7 @@ from .. import log
 from ..security.gate import Gate, Peer
 
 HEAD_S = 10.0  # the longest a request line and headers may take to arrive
+BODY_S = 30.0  # the longest a request body may take once its head is in
 LINGER_S = 2.0  # how long a refused connection's remaining bytes are drained
 
 
@@ -107,6 +108,7 @@ class HttpConnection(asyncio.Protocol):
         self._body_bytes = 0
         self._closing = False
         self._head_started = 0.0  # when the request head now arriving began
+        self._body_started = 0.0  # when the head of a request with a body ended
 
     # -- asyncio.Protocol --------------------------------------------
 
@@ -184,6 +186,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._head_started = 0.0
+        self._body_started = time.monotonic()
         request = self._request or Request(self, "", self._url)
         self._request = request
         request.method = self.parser.get_method().decode("ascii", "replace")
@@ -203,6 +206,7 @@ class HttpConnection(asyncio.Protocol):
             self._request.body.append(body)
 
     def on_message_complete(self) -> None:
+        self._body_started = 0.0
         request, self._request = self._request, None
         if request is None:
             return
@@ -265,14 +269,18 @@ class HttpConnection(asyncio.Protocol):
         if request not in self._queue:
             self._queue.append(request)
 
-    def close_if_idle(self, now: float, idle: float, head: float = HEAD_S) -> None:
+    def close_if_idle(
+        self, now: float, idle: float, head: float = HEAD_S, body: float = BODY_S
+    ) -> None:
         """Close a connection silent for ``idle`` seconds, or one whose
-        request head has taken over ``head`` seconds however slowly its
-        bytes trickle in (slowloris)."""
+        request head has taken over ``head`` seconds, or its body over
+        ``body`` seconds, however slowly its bytes trickle in (slowloris,
+        and its slow-body variant)."""
         if self.transport is None:
             return
         slow_head = self._head_started and now - self._head_started > head
-        if now - self.last_active > idle or slow_head:
+        slow_body = self._body_started and now - self._body_started > body
+        if now - self.last_active > idle or slow_head or slow_body:
             self.transport.close()
 
 
@@ -297,6 +305,7 @@ async def serve(
     reuse_port: bool = False,
     header_timeout: float = HEAD_S,
     gate: Gate | None = None,
+    body_timeout: float = BODY_S,
 ) -> tuple[asyncio.Server, set[HttpConnection], asyncio.Task[None]]:
     """Listen; returns the server, its live connections and the idle sweeper.
 
@@ -316,9 +325,11 @@ async def serve(
 
     async def sweep() -> None:
         while True:
-            await asyncio.sleep(min(1.0, idle_timeout / 4, header_timeout / 4))
+            await asyncio.sleep(
+                min(1.0, idle_timeout / 4, header_timeout / 4, body_timeout / 4)
+            )
             now = time.monotonic()
             for conn in list(connections):
-                conn.close_if_idle(now, idle_timeout, header_timeout)
+                conn.close_if_idle(now, idle_timeout, header_timeout, body_timeout)
 
     return server, connections, loop.create_task(sweep())

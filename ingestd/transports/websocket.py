@@ -129,7 +129,9 @@ class WebSocketSession(asyncio.Protocol):
         self.connections.discard(self)  # type: ignore[arg-type]
         self.http.connection_lost(exc)  # lets the gate forget the certificate
 
-    def close_if_idle(self, now: float, idle: float, head: float = 0.0) -> None:
+    def close_if_idle(
+        self, now: float, idle: float, head: float = 0.0, body: float = 0.0
+    ) -> None:
         if now - self.last_active > idle:
             self._close(1000, "idle")
 
