@@ -313,6 +313,7 @@ async def test_limits_mqtt5_reason_codes_for_limits(
 ) -> None:
     pool = await database.connect_pool(migrated, 2, 10)
     batcher = Batcher(pool, flush_rows=100, flush_interval_ms=5, capacity=10_000)
+    batcher.max_readings = 3
     batcher.start()
     config = Mqtt(
         port=broker.port, client_id=f"lim-reasons-{time.time_ns()}",
@@ -334,19 +335,24 @@ async def test_limits_mqtt5_reason_codes_for_limits(
         pub.publish("devices/lim-r/telemetry", b"x" * (MAX_PAYLOAD + 1))
         pub.publish(f"devices/{'r' * MAX_TOPIC}/telemetry", b'{"t": 1}')
         pub.publish("devices/lim-r/telemetry", b'{"t": 1}')
-        await pub.wait_acked(3)
+        pub.publish("devices/lim-r/telemetry", b'{"t": null}')
+        pub.publish("devices/lim-r/telemetry", b'{"a": 1, "b": 2, "c": 3, "d": 4}')
+        await pub.wait_acked(5)
         await pub.close()
-        assert await wait_for(lambda: _true(len(sent) == 3), timeout=10)
+        assert await wait_for(lambda: _true(len(sent) == 5), timeout=10)
         # 0x83 implementation specific (PUBACK has no "too large"), 0x90
-        # topic name invalid, 0 success
-        assert sent == [0x83, 0x90, 0]
+        # topic name invalid, 0 success, 0x99 payload format invalid when
+        # nothing in it was usable (every part rejected; over the readings
+        # limit, refused whole)
+        assert sent == [0x83, 0x90, 0, 0x99, 0x99]
         reasons = await pool.fetch(
             "SELECT reason FROM ingestd.dead_letters ORDER BY id"
         )
-        assert [r["reason"] for r in reasons] == [
+        assert [r["reason"] for r in reasons][:2] == [
             f"payload over {MAX_PAYLOAD} bytes - at `byte 0`",
             "topic too long - at `topic`",
         ]
+        assert len(reasons) == 4
     finally:
         await subscriber.stop()
         await batcher.close()

@@ -45,7 +45,7 @@ from .. import clock, log, metrics
 from ..codecs.base import Decoded
 from ..codecs.mapping import Mapping
 from ..config import Mqtt
-from ..errors import IngestError, NoRoute
+from ..errors import DecodeError, IngestError, NoRoute
 from ..model import Origin
 from ..pipeline.batcher import Batcher
 from . import routes
@@ -188,6 +188,8 @@ class MqttSubscriber:
             log.mqtt.exception("decoding a message on %s failed", topic)
             batcher.dead_letter(origin, payload, f"internal error: {exc}", ack)
         else:
+            if ack is not None and self._v5:  # 0x99 if nothing was usable
+                ack = (self._acknowledge, (*ack[1], decoded))
             batcher.submit(origin, decoded, payload, ack)
         if batcher.full and not self._paused:
             self._pause()
@@ -209,8 +211,14 @@ class MqttSubscriber:
     def _acknowledge(self, token: tuple[Any, ...]) -> None:
         if token[0] != self._generation:
             return  # its connection is gone; the broker will redeliver it
-        error = token[2] if len(token) > 2 else None
-        reason = error.mqtt_reason if (error is not None and self._v5) else 0
+        outcome = token[2] if len(token) > 2 and self._v5 else None
+        if outcome is None:
+            reason = 0
+        elif isinstance(outcome, Decoded):  # judged at commit: the batcher
+            # may refuse a message whole (pipeline.max_readings_per_message)
+            reason = 0 if outcome.usable else DecodeError.mqtt_reason
+        else:
+            reason = outcome.mqtt_reason
         self._puback(token[1], reason_code=reason)
 
     # -- push-back ------------------------------------------------------
