@@ -7,6 +7,8 @@
   and the sustained rate, written to ``bench/results/<name>.json``.
 - ``storm``: thousands of devices opening mTLS connections within seconds;
   success rate and handshake percentiles.
+- ``oms``: OMS order transactions alone and while ingestd ingests at its
+  peak; their latency and any lock waits (``bench/results/oms_isolation.json``).
 - ``replay``: send a folder of payload files to a running server and show
   what it answered for each.
 """
@@ -17,7 +19,7 @@ import argparse
 import sys
 import warnings
 
-from . import demo, load, replay, storm
+from . import demo, load, oms_isolation, replay, storm
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, module, summary in (
         ("demo", demo, "run a simulated fleet against a local stack (make demo)"),
         ("load", load, "measure latency and throughput at a fixed rate"),
+        ("oms", oms_isolation, "OMS transaction latency with and without ingest"),
         ("replay", replay, "send payload files to a running server"),
         ("storm", storm, "many devices opening mTLS connections at once"),
     ):
