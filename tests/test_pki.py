@@ -326,6 +326,22 @@ async def test_certs_bad_input_exits_2_with_one_line(ca: Pki, tmp_path: Path) ->
     _user_error(await certs(ca.config, "issue-device", "x" * 65), "64")
     _user_error(await certs(ca.config, "issue-device", ""), "1 to 64")
     _user_error(await certs(ca.config, "crl", "--days", "0"), "positive")
+    # validity: zero, negative or non-finite is refused, not replaced by the
+    # default or left to crash; a certificate may not outlive its issuer
+    for days in ("0", "-5", "nan", "inf"):
+        _user_error(await certs(ca.config, "issue-device", "days-x", "--days", days),
+                    "--days")  # fmt: skip
+        _user_error(await certs(ca.config, "issue-server", "days.x", "--days", days),
+                    "--days")  # fmt: skip
+        _user_error(await certs(ca.config, "crl", "--days", days), "--days")
+    _user_error(await certs(ca.config, "issue-device", "days-x", "--days", "1e9"),
+                "issuing CA")  # fmt: skip
+    _user_error(await certs(ca.config, "issue-device", "days-x", "--days", "5000"),
+                "issuing CA")  # fmt: skip
+    assert not (ca.dir / "devices" / "days-x").exists()
+    await ok(ca.config, "issue-device", "days-x", "--days", "0.5")
+    await ok(ca.config, "rotate", "days-x", "--days", "0.5")
+    _user_error(await certs(ca.config, "rotate", "days-x", "--days", "0"), "--days")
 
     # a PKI folder with no CA in it
     empty = tmp_path / "empty.toml"

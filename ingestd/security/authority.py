@@ -9,6 +9,7 @@ commits last (see the layout notes there for why in that order).
 from __future__ import annotations
 
 import datetime as dt
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,6 +83,20 @@ class Authority:
         except (OSError, ValueError) as exc:
             raise PkiError(f"the CA in {self.ca_dir} cannot be read: {exc}") from None
 
+    def validity(self, days: float | None, default: float) -> float:
+        """``--days`` checked: positive, finite, and not past the issuing CA
+        (a certificate outliving its issuer stops verifying with it)."""
+        if days is None:
+            return default
+        if not (math.isfinite(days) and days > 0):
+            raise PkiError(f"--days {days:g}: must be positive")
+        ends = self.issuing.cert.not_valid_after_utc
+        if dt.datetime.now(dt.UTC) + dt.timedelta(days=min(days, 1e6)) > ends:
+            raise PkiError(
+                f"--days {days:g}: past the issuing CA's expiry ({when(ends)})"
+            )
+        return days
+
     @property
     def issuing(self) -> pki.Issued:
         assert self._issuing is not None, "load() first"
@@ -126,7 +141,7 @@ class Authority:
     ) -> int:
         try:
             issued = pki.issue_server(
-                self.issuing, names, days or pki.SERVER_DAYS, client=client
+                self.issuing, names, self.validity(days, pki.SERVER_DAYS), client=client
             )
         except ValueError as exc:
             raise PkiError(f"server certificate for {names[0]!r}: {exc}") from None
@@ -165,8 +180,9 @@ class Authority:
     async def _new_device(
         self, conn: asyncpg.Connection, device_id: str, days: float | None
     ) -> pki.Issued:
+        days = self.validity(days, pki.DEVICE_DAYS)
         try:
-            issued = pki.issue_device(self.issuing, device_id, days or pki.DEVICE_DAYS)
+            issued = pki.issue_device(self.issuing, device_id, days)
         except ValueError as exc:
             raise PkiError(f"device id {device_id[:80]!r}: {exc}") from None
         await self._refuse_shared_cn(conn, device_id, "device")
@@ -275,8 +291,8 @@ class Authority:
         return 0
 
     async def crl(self, conn: asyncpg.Connection, days: float, show: bool) -> int:
-        if days <= 0:
-            raise PkiError("--days must be positive")
+        if not (math.isfinite(days) and days > 0):
+            raise PkiError(f"--days {days:g}: must be positive")
         crl = await self.write_crl(conn, days)
         print(self.crl_path)
         if show:
