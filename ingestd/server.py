@@ -219,6 +219,11 @@ class Server:
                         await job(conn)
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     log.storage.warning("periodic job failed: %s", exc)
+                except Exception:  # a bug or bad data: say so, try again next tick
+                    log.root.exception(
+                        "periodic job %s failed",
+                        getattr(job, "__qualname__", job),
+                    )
 
         self._tasks.append(asyncio.get_running_loop().create_task(loop()))
 
