@@ -31,7 +31,10 @@ latency. Results are printed and written as JSON to
 Self-contained (the default when no port is given), the run gets its own
 embedded PostgreSQL with a fresh database, a private Mosquitto and an
 ingestd process configured by ``--flush-rows``, ``--flush-interval-ms`` and
-``--ring-capacity``.
+``--ring-capacity``. With ``--rules`` the fresh database is first seeded
+with orders, a binding for every device and one rule of each kind
+(``rule_set.py``), so the run measures ingest with the order dispatcher
+at work; the result then counts the effects the rules wrote.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ from gmqtt.mqtt.constants import MQTTv50, MQTTv311
 from gmqtt.storage import PersistentStorage
 from hdrh.histogram import HdrHistogram
 
-from . import fleet, harness
+from . import fleet, harness, rule_set
 from .fleet import Device, Message
 from .senders import Answers, CoapPosters, WebSocketLinks, new_histogram, record
 
@@ -420,6 +423,29 @@ async def latencies_from_rows(
     return histogram, negative
 
 
+async def _effects_settled(dsn: str, quiet_s: float = 2.0) -> dict[str, int]:
+    """The rules' effects once the dispatcher is done with the run.
+
+    It evaluates after each commit, so its last writes can follow the last
+    reading's commit; the counts are read until they stand still.
+    """
+    conn = await asyncpg.connect(dsn)
+    try:
+        last: dict[str, int] = {}
+        since = time.monotonic()
+        deadline = since + DRAIN_TIMEOUT_S
+        while time.monotonic() < deadline:
+            counts = await rule_set.effects(conn)
+            if counts != last:
+                last, since = counts, time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                break
+            await asyncio.sleep(0.2)
+        return last
+    finally:
+        await conn.close()
+
+
 # -- the local stack for self-contained runs --------------------------------
 
 
@@ -500,8 +526,17 @@ class LocalStack:
         )
         self.server.start()
 
-    async def start(self) -> None:
+    async def start(
+        self, seed: Callable[[asyncpg.Connection], Awaitable[Any]] | None = None
+    ) -> None:
+        """Database, broker, server; ``seed`` writes to the database first."""
         await self.start_database()
+        if seed is not None:
+            conn = await asyncpg.connect(self.dsn)
+            try:
+                await seed(conn)
+            finally:
+                await conn.close()
         try:
             self.start_broker()
             self.start_server()
@@ -538,6 +573,18 @@ class LocalStack:
             "flush_interval_ms": p.flush_interval_ms,
             "ring_capacity": p.ring_capacity,
         }
+
+    def server_cpu_s(self) -> float | None:
+        """CPU seconds ingestd has used (user and system), where /proc says."""
+        if self.server is None or self.server.proc is None:
+            return None
+        try:
+            fields = Path(f"/proc/{self.server.proc.pid}/stat").read_text()
+        except OSError:
+            return None
+        # After the parenthesised command name: utime and stime, fields 14-15
+        utime, stime = fields.rpartition(")")[2].split()[11:13]
+        return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
 
     def server_log_tail(self, chars: int = 3000) -> str:
         if self.workdir is None:
@@ -592,6 +639,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     own.add_argument("--flush-rows", type=int)
     own.add_argument("--flush-interval-ms", type=float)
     own.add_argument("--ring-capacity", type=int)
+    own.add_argument(
+        "--rules",
+        action="store_true",
+        help="seed orders, bindings for every device and one rule of each "
+        "kind before ingestd starts (bench/rule_set.py)",
+    )
 
 
 PORT_OPTIONS = {
@@ -616,6 +669,13 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if not args.self_contained and all(port is None for port in ports):
         args.self_contained = True
+    if args.rules and not args.self_contained:
+        print(
+            "bench load: --rules seeds a fresh database before ingestd starts, "
+            "so it needs a self-contained run (drop the ports)",
+            file=sys.stderr,
+        )
+        return 2
     if not args.self_contained:
         needed = PORT_OPTIONS[args.via]
         if getattr(args, needed[2:].replace("-", "_")) is None:
@@ -628,6 +688,12 @@ async def _load(args: argparse.Namespace) -> int:
     started = datetime.now(timezone.utc)
     name = args.name or f"load-{args.via}-{started:%Y%m%d-%H%M%S}"
     prefix = f"ld{started:%H%M%S}-{os.getpid()}-"  # this run's devices
+    # The devices' scripts fill the run, so each run holds every kind of
+    # incident the rules of --rules look for, whatever its length
+    devices = fleet.build(
+        args.devices, args.seed, prefix=prefix, via=args.via,
+        scenario_s=args.seconds,
+    )  # fmt: skip
     stack: LocalStack | None = None
     target = Target(
         args.host, args.broker_port, args.http_port, args.mqtt_version, args.dsn,
@@ -647,18 +713,31 @@ async def _load(args: argparse.Namespace) -> int:
         )
         where = "given" if args.pg_uri else f"pgserver, {_shown(args.pg_dir)}"
         print(f"starting PostgreSQL ({where}), Mosquitto and ingestd ...")
-        await stack.start()
+        seeded: dict[str, int] = {}
+
+        async def seed(conn: asyncpg.Connection) -> None:
+            seeded.update(await rule_set.seed(conn, devices, args.seconds))
+            print(
+                f"seeded {seeded['orders']} orders, {seeded['bindings']} "
+                f"bindings and {seeded['rules']} rules"
+            )
+
+        await stack.start(seed if args.rules else None)
         target = Target(
             "127.0.0.1", stack.broker_port, stack.http_port, stack.mqtt_version,
             stack.dsn, stack.server_pipeline(), stack.coap_port,
         )  # fmt: skip
 
     exit_code: int | None = 0
+    cpu_before = stack.server_cpu_s() if stack is not None else None
     try:
-        result = await _run(args, name, prefix, target)
+        result = await _run(args, name, prefix, target, devices)
+        cpu_after = stack.server_cpu_s() if stack is not None else None
     finally:
         if stack is not None:
             exit_code = stack.stop()
+    if cpu_before is not None and cpu_after is not None:
+        result["server_cpu"] = _cpu(cpu_after - cpu_before, result)
     if stack is not None:
         result["server_exit_status"] = exit_code
         if exit_code != 0:
@@ -696,9 +775,12 @@ class Target:
 
 
 async def _run(
-    args: argparse.Namespace, name: str, prefix: str, target: Target
+    args: argparse.Namespace,
+    name: str,
+    prefix: str,
+    target: Target,
+    devices: list[Device],
 ) -> dict[str, Any]:
-    devices = fleet.build(args.devices, args.seed, prefix=prefix, via=args.via)
     print(
         f"load via {args.via}: {args.devices} devices, {args.rate:,.0f} readings/s, "
         f"{args.seconds:g} s, {args.readings_per_message} readings per message"
@@ -731,8 +813,11 @@ async def _run(
             await conn.close()
         if negative:
             readings["negative_latency_readings"] = negative
+        if args.rules:
+            result["effects"] = await _effects_settled(target.dsn)
     elif isinstance(sender, Answers):
         readings["committed"] = sender.stored_readings
+    result["rules"] = args.rules
     if "committed" in readings:
         readings["lost"] = offered.readings - readings["committed"]
 
@@ -770,6 +855,23 @@ async def _run(
 
 
 Sender = MqttPublishers | HttpPosters | CoapPosters | WebSocketLinks
+
+
+def _cpu(seconds: float, result: dict[str, Any]) -> dict[str, Any]:
+    """ingestd's CPU over the run and its drain (effects included), per reading.
+
+    Less noisy than latency on a shared machine: near saturation a little
+    more work moves the latency a lot, the CPU per reading only a little.
+    """
+    committed = result["readings"].get("committed") or 0
+    out: dict[str, Any] = {"seconds": round(seconds, 2)}
+    if committed:
+        out["us_per_reading"] = round(seconds / committed * 1e6, 2)
+    print(
+        f"ingestd used {seconds:.1f} CPU s"
+        + (f", {out['us_per_reading']:.1f} µs per reading" if committed else "")
+    )
+    return out
 
 
 async def _open_sender(
@@ -883,6 +985,13 @@ def _print_summary(result: dict[str, Any]) -> None:
         print(
             f"  send-to-commit (stored_at - ts): P50 {c['p50']:.2f} ms   "
             f"P99 {c['p99']:.2f} ms   max {c['max']:.2f} ms"
+        )
+    effects = result.get("effects")
+    if effects is not None:
+        print(
+            f"rules wrote {effects['outbox']:,} order updates ({effects['tickets']:,}"
+            f" tickets, {effects['downtime']:,} downtime intervals, "
+            f"{effects['stock_levels']:,} stock levels)"
         )
     messages = result["messages"]
     if messages.get("failed"):
