@@ -104,10 +104,18 @@ class Rule:
         params = row["params"]
         if isinstance(params, str):
             params = orjson.loads(params)
-        return cls(
-            row["id"], row["metric"], row["op"], row["threshold"], row["kind"],
-            row["rule_type"], row["action"], params, row["product"],
-        )  # fmt: skip
+        if not isinstance(params, dict):
+            raise RuleError(f"rule {row['id']}: params must be a JSON object")
+        limit = row["threshold"]
+        if limit is not None and not math.isfinite(limit):
+            raise RuleError(f"rule {row['id']}: threshold must be a finite number")
+        try:
+            return cls(
+                row["id"], row["metric"], row["op"], limit, row["kind"],
+                row["rule_type"], row["action"], params, row["product"],
+            )  # fmt: skip
+        except (TypeError, AttributeError) as exc:  # a param of the wrong shape
+            raise RuleError(f"rule {row['id']}: bad params: {exc}") from None
 
     @property
     def signature(self) -> tuple[Any, ...]:
