@@ -38,6 +38,13 @@ def test_a_good_row_loads() -> None:
         {"params": '{"min_duration_s": [30]}'},
         {"params": '{"min_duration_s": {"s": 30}}'},
         {"rule_type": "count", "op": None, "threshold": None, "params": '{"g": [1]}'},
+        {
+            "rule_type": "state",
+            "op": None,
+            "threshold": None,
+            "action": "downtime",
+            "params": '{"states": "fault"}',
+        },  # a string: its letters were the states
         {"threshold": math.nan},
         {"threshold": math.inf},
     ],

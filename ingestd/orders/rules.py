@@ -309,7 +309,10 @@ class State(Judge):
     """A text state in ``states`` is bad, any other text is normal."""
 
     def __init__(self, rule: Rule) -> None:
-        self.states = frozenset(str(s) for s in rule.params["states"])
+        states = rule.params["states"]
+        if not isinstance(states, list):  # a string would be a set of letters
+            raise ValueError("states is a list of texts")
+        self.states = frozenset(str(s) for s in states)
         if not self.states:
             raise ValueError("states is empty")
 
