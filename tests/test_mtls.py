@@ -26,7 +26,7 @@ from aiocoap.numbers.codes import Code
 from bench import harness
 from ingestd.security import inventory, pki
 
-from .conftest import FIXTURES, Deployment, deploy
+from .conftest import Deployment, deploy
 
 
 @dataclass
@@ -92,7 +92,26 @@ codec = "json"
 content_type = "application/x-ttn+json"
 codec = "ttn"
 """
-TTN_UPLINK = FIXTURES / "ttn_v3" / "tts_docs_uplink_example.json"
+
+
+def ttn_uplink(device_id: str) -> bytes:
+    """A The Things Stack v3 uplink naming ``device_id`` in its payload."""
+    now = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+    return orjson.dumps(
+        {
+            "end_device_ids": {
+                "device_id": device_id,
+                "application_ids": {"application_id": "fleet"},
+                "dev_eui": "70B3D57ED0000A01",
+            },
+            "received_at": now,
+            "uplink_message": {
+                "f_port": 1,
+                "decoded_payload": {"temperature": 4.5},
+                "received_at": now,
+            },
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -252,14 +271,13 @@ async def test_mtls_handshake_refuses(
 
 async def test_mtls_payload_naming_another_device_is_403(secure: Secure) -> None:
     """A device's certificate does not let its payload write for others."""
-    uplink = orjson.loads(TTN_UPLINK.read_bytes())
-    named = uplink["end_device_ids"]["device_id"]
+    uplink = ttn_uplink("dev1")
     cert, key, _ = secure.ca.device("gw-7")
     reader, writer = await open_https(secure, cert, key)
     writer.write(
         b"POST /v1/devices/gw-7/telemetry HTTP/1.1\r\nHost: t\r\n"
         b"Content-Type: application/x-ttn+json\r\nContent-Length: %d\r\n\r\n%s"
-        % (len(TTN_UPLINK.read_bytes()), TTN_UPLINK.read_bytes())
+        % (len(uplink), uplink)
     )
     line = await asyncio.wait_for(reader.readline(), 10)
     writer.close()
@@ -267,7 +285,7 @@ async def test_mtls_payload_naming_another_device_is_403(secure: Secure) -> None
     reason = await secure.d.fetchval(
         "SELECT reason FROM ingestd.dead_letters WHERE device_id = 'gw-7'"
     )
-    assert reason == f"certificate of 'gw-7' may not write for {named!r}"
+    assert reason == "certificate of 'gw-7' may not write for 'dev1'"
 
 
 async def test_mtls_plain_http_is_off(secure: Secure) -> None:
