@@ -112,3 +112,42 @@ async def test_coap_bad_input_gets_its_code_and_a_diagnostic(
     # and the server keeps serving
     ok = await post(coap, uri(deployment, "c-bad"), b'{"fine": 1}')
     assert ok.code == Code.CHANGED
+
+
+@pytest.mark.parametrize("scheme", ["coap", "coap+tcp"])
+async def test_coap_garbage_is_ignored_without_unhandled_errors(
+    deployment: Deployment, coap: aiocoap.Context, scheme: str
+) -> None:
+    """Random bytes and a Uri-Path of invalid UTF-8 (which aiocoap 0.4 let
+    escape as UnicodeDecodeError) leave no traceback and a working server."""
+    import asyncio
+    import random
+    import socket
+
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    bad_text = bytes([0x40, 0x02, 0x12, 0x34, 0xB2, 0xFF, 0xFE])
+    garbage = [bad_text] + [rng.randbytes(rng.randrange(4, 64)) for _ in range(300)]
+    log = deployment.server.log
+    before = log.read_text().count("Traceback")
+    if scheme == "coap":
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            for datagram in garbage:
+                udp.sendto(datagram, ("127.0.0.1", deployment.coap_port))
+    else:
+        # RFC 8323 frame: length nibble 0 + TKL 0, code, options (no payload)
+        frame = bytes([len(bad_text) - 4 << 4]) + bad_text[1:2] + bad_text[4:]
+        for data in (frame, *garbage[1:20]):
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", deployment.coap_port
+            )
+            writer.write(data)
+            await writer.drain()
+            await asyncio.sleep(0.01)
+            writer.close()
+    await asyncio.sleep(0.5)
+
+    answer = await post(coap, uri(deployment, f"after-garbage-{scheme}", scheme),
+                        orjson.dumps({"temp": 1.5}))  # fmt: skip
+    assert answer.code == Code.CHANGED, f"seed {seed}"
+    assert log.read_text().count("Traceback") == before, f"seed {seed}"

@@ -57,6 +57,37 @@ from ..security.gate import Gate, Peer, foreign_device
 TRANSPORTS = {"udp": "udp6", "tcp": "tcpserver"}
 
 
+def _unparsable_on_bad_text() -> None:
+    """Make aiocoap treat an option that is not valid UTF-8 as unparsable.
+
+    aiocoap 0.4 catches only ``UnparsableMessage`` around its decoders; a
+    Uri-Path of invalid UTF-8 raised ``UnicodeDecodeError`` out of the UDP
+    callback (an unhandled loop exception per datagram) and out of the TCP
+    reader. As ``UnparsableMessage`` it is ignored over UDP with a warning
+    naming the peer, and aborts the connection over TCP, as RFC 8323 5.6
+    asks. Remove once aiocoap converts it itself.
+    """
+    from aiocoap.message import Message
+    from aiocoap.transports import tcp
+
+    def strict(decode: Any) -> Any:
+        def decoding(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return decode(*args, **kwargs)
+            except ValueError as exc:
+                raise aiocoap.error.UnparsableMessage(str(exc)) from exc
+
+        decoding.strict = True  # type: ignore[attr-defined]
+        return decoding
+
+    if not getattr(Message.decode, "strict", False):
+        Message.decode = classmethod(strict(Message.decode.__func__))  # type: ignore[method-assign]
+        tcp._decode_message = strict(tcp._decode_message)
+
+
+_unparsable_on_bad_text()
+
+
 class Telemetry(aiocoap.resource.Resource, aiocoap.resource.PathCapable):
     """The ``v1/devices`` subtree: ``{device}/telemetry`` under it."""
 
@@ -218,14 +249,14 @@ async def serve(
     if not plain_allowed:
         plain = []
     if plain:
-        contexts.append(
-            await aiocoap.Context.create_server_context(
-                site,
-                bind=(config.host, config.port),
-                transports=plain,
-                loggername="ingestd.coap.stack",
-            )  # fmt: skip
+        context = await aiocoap.Context.create_server_context(
+            site,
+            bind=(config.host, config.port),
+            transports=plain,
+            loggername="ingestd.coap.stack",
         )
+        _ignore_icmp_errors(context)
+        contexts.append(context)
     if "tls" in config.transports:
         # aiocoap takes the server's TLS context through this argument
         tls = _tls_context(config, gate)
@@ -246,6 +277,42 @@ async def serve(
         f", TLS on {config.tls_port}" if "tls" in config.transports else "",
     )  # fmt: skip
     return contexts, telemetry
+
+
+def _ignore_icmp_errors(context: aiocoap.Context) -> None:
+    """Turn off IP(V6)_RECVERR on the UDP server socket.
+
+    aiocoap asks the kernel for ICMP errors so a client can fail fast; for
+    a server they only say a device went away. Worse, after the first
+    "port unreachable" (a sender that closed its socket before the answer
+    came) aiocoap 0.4.17's UDP endpoint stopped reading datagrams at all
+    here, so one such sender silenced CoAP over UDP for everyone
+    (``tests/test_coap.py``, garbage test). Without RECVERR the kernel
+    keeps those errors to itself.
+    """
+    import socket
+
+    from aiocoap.util import socknumbers
+
+    if not socknumbers.HAS_RECVERR:
+        return
+    options = (
+        (socket.IPPROTO_IP, socknumbers.IP_RECVERR),
+        (socket.IPPROTO_IPV6, socknumbers.IPV6_RECVERR),
+    )
+    for manager in context.request_interfaces:
+        endpoint = getattr(
+            getattr(manager, "token_interface", None), "message_interface", None
+        )
+        transport = getattr(endpoint, "transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None or sock.type != socket.SOCK_DGRAM:
+            continue
+        for level, option in options:
+            try:
+                sock.setsockopt(level, option, 0)
+            except OSError:  # IPv4-only socket
+                pass
 
 
 def _tls_context(config: Coap, gate: Gate | None) -> Any:
