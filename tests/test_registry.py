@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import msgspec
 import pytest
 
@@ -96,11 +97,16 @@ async def test_http_slowloris_is_cut_off(
         writer.write(opening)
         started = asyncio.get_running_loop().time()
         closed = False
+        answer = b""
+        sent = 0
         for _ in range(20):  # one byte every 0.25 s, never finishing
             try:
                 writer.write(b"X")
+                sent += 1
                 await writer.drain()
-                if await asyncio.wait_for(reader.read(1), 0.25) == b"":
+                got = await asyncio.wait_for(reader.read(4096), 0.25)
+                answer += got
+                if got == b"":
                     closed = True
                     break
             except (TimeoutError, ConnectionError):
@@ -110,5 +116,27 @@ async def test_http_slowloris_is_cut_off(
         elapsed = asyncio.get_running_loop().time() - started
         writer.close()
         assert closed and elapsed < 4.0, elapsed
+        if part == "body":
+            # Answered 408, and what arrived of the body is the dead letter
+            assert answer.startswith(b"HTTP/1.1 408 "), answer
+            assert b"request body slower than 1 s" in answer
+            conn = await asyncpg.connect(dsn)
+            try:
+                for _ in range(50):  # the answer does not wait for the flush
+                    row = await conn.fetchrow(
+                        "SELECT device_id, reason, payload FROM ingestd.dead_letters"
+                    )
+                    if row is not None:
+                        break
+                    await asyncio.sleep(0.1)
+            finally:
+                await conn.close()
+            assert row is not None
+            assert row["device_id"] == "slow"
+            assert row["reason"] == "408: request body slower than 1 s"
+            assert 0 < len(row["payload"]) <= sent
+            assert row["payload"] == b"X" * len(row["payload"])
+        else:
+            assert answer == b""  # no request yet: nothing to answer or keep
     finally:
         await server.stop()

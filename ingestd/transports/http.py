@@ -72,19 +72,15 @@ class TelemetryEndpoint:
         body = b"".join(request.body)
         received = clock.now_us()
         if not (url.startswith(PREFIX) and url.endswith(SUFFIX)):
-            origin = Origin(None, "http", received, f"{request.peer} {url[:200]!r}")
+            origin = Origin(None, "http", received, _source(request.peer, url))
             self._refuse(request, origin, body, 404, "no such endpoint")
             return
         if request.method != "POST":
             request.answer(405, b'{"error": "use POST"}', extra=b"Allow: POST\r\n")
             return
-        try:
-            raw_id = url[len(PREFIX) : -len(SUFFIX)].decode("ascii")
-            device = unquote(raw_id, errors="strict")
-        except UnicodeDecodeError:
-            device = ""  # not UTF-8 once decoded: refused below
+        device = _device_in(url)
         origin = Origin(device, "http", received, request.peer)
-        if not device or "/" in device or "\x00" in device or len(device) > MAX_NAME:
+        if not device:
             self._refuse(request, origin, body, 404, "bad device id in path")
             return
         peer = request.conn.identity
@@ -149,9 +145,15 @@ class TelemetryEndpoint:
         session.start(conn, rest)
 
     def refused(self, request: Request, status: int, reason: str) -> None:
-        """A request the connection cut short (too large): keep what came."""
-        url = request.url[:200]
-        origin = Origin(None, "http", clock.now_us(), f"{request.peer} {url!r}")
+        """A request the connection cut short (too large, too slow): keep
+        what came of its body, up to 4 KiB."""
+        url = request.url.split(b"?", 1)[0]
+        origin = Origin(
+            _device_in(url) or None,
+            "http",
+            clock.now_us(),
+            _source(request.peer, url),
+        )
         kept = b"".join(request.body)[:KEPT_OF_REFUSED]
         self.batcher.dead_letter(origin, kept, f"{status}: {reason}", None)
 
@@ -170,6 +172,26 @@ class TelemetryEndpoint:
         self.batcher.dead_letter(
             origin, body, reason, (_answer_error, (request, status, payload))
         )
+
+
+def _device_in(url: bytes) -> str:
+    """The device a telemetry path names, or "" if it names none usable
+    (not UTF-8 once percent-decoded, a ``/``, NUL, over the name limit)."""
+    if not (url.startswith(PREFIX) and url.endswith(SUFFIX)):
+        return ""
+    try:
+        raw_id = url[len(PREFIX) : -len(SUFFIX)].decode("ascii")
+        device = unquote(raw_id, errors="strict")
+    except UnicodeDecodeError:
+        return ""
+    if "/" in device or "\x00" in device or len(device) > MAX_NAME:
+        return ""
+    return device
+
+
+def _source(peer: str, url: bytes) -> str:
+    """Peer and path, as the dead letter's source names them."""
+    return f"{peer} {url[:200].decode('latin-1')}"
 
 
 def _answer_decoded(token: tuple[Request, Decoded]) -> None:

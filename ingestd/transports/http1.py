@@ -200,10 +200,10 @@ class HttpConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
+        if self._request is not None:  # kept even past the limit: the dead
+            self._request.body.append(body)  # letter holds its first 4 KiB
         if self._body_bytes > self.max_body:
             raise _Limit(413, b"body larger than %d bytes" % self.max_body)
-        if self._request is not None:
-            self._request.body.append(body)
 
     def on_message_complete(self) -> None:
         self._body_started = 0.0
@@ -234,7 +234,7 @@ class HttpConnection(asyncio.Protocol):
             self._queue.append(request)
         self._request = None
         self.keep_alive = False
-        if self.refused is not None and status == 413:
+        if self.refused is not None and status in (408, 413):
             self.refused(request, status, message.decode())
         request.answer(status, b'{"error": "%s"}' % message)
 
@@ -278,9 +278,13 @@ class HttpConnection(asyncio.Protocol):
         and its slow-body variant)."""
         if self.transport is None:
             return
+        if self._body_started and now - self._body_started > body:
+            # What arrived of the body is kept as the dead letter
+            self._body_started = 0.0
+            self._fail(408, b"request body slower than %d s" % body)
+            return
         slow_head = self._head_started and now - self._head_started > head
-        slow_body = self._body_started and now - self._body_started > body
-        if now - self.last_active > idle or slow_head or slow_body:
+        if now - self.last_active > idle or slow_head:
             self.transport.close()
 
 
