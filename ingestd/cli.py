@@ -6,6 +6,7 @@ import argparse
 import os
 import subprocess
 import sys
+import warnings
 
 import orjson
 
@@ -34,11 +35,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "schema":
         from .model import json_schema
 
-        sys.stdout.write(
-            orjson.dumps(json_schema(), option=orjson.OPT_INDENT_2).decode()
-        )
-        sys.stdout.write("\n")
+        try:
+            sys.stdout.write(
+                orjson.dumps(json_schema(), option=orjson.OPT_INDENT_2).decode()
+            )
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        except BrokenPipeError:  # `ingestd schema | head`
+            sys.stdout = None  # type: ignore[assignment]  # no flush at exit
         return 0
+    # platformdirs, under pgserver, warns at each start where XDG_RUNTIME_DIR
+    # is unset (containers, CI); it falls back to /tmp and nothing is wrong
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
     try:
         cfg = config_mod.load(args.config)
     except ConfigError as exc:
