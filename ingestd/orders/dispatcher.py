@@ -16,7 +16,12 @@ evaluated (late data, an offline device's backlog), has its recent history
 read back from the readings table and evaluated again in time order: the
 effects already written come out with the same keys and are ignored, the
 new ones are written with both when they happened and when they were found.
-A duplicate reading (redelivery, the catch-up's margin) is recognised and
+A close found at the next reading known then (a device's live readings came
+first) is revised when a backlog brings an earlier normal reading: the
+rebuilt state closes the incident there, under the same key, and the
+database moves the close (see ``effects``). So incidents found one late
+reading at a time end where the readings say and do not overlap. A
+duplicate reading (redelivery, the catch-up's margin) is recognised and
 skipped without that.
 
 An incident opens when a rule's judge has said BAD for ``min_duration_s``
@@ -628,12 +633,12 @@ class Dispatcher:
             peak = incident.peak if _numeric(incident.peak) else None
             effects.close_ticket(ticket, ts, peak)
             effects.update(order, CLOSED[action], payload, f"{base}|closed", ts,
-                           ticket=ticket)  # fmt: skip
+                           ticket=ticket, closes=True)  # fmt: skip
         elif action == "downtime" and order is not None:
             downtime = f"{base}|downtime"
             effects.end_downtime(downtime, ts)
             effects.update(order, "downtime_ended", payload, f"{base}|ended", ts,
-                           downtime=downtime)  # fmt: skip
+                           downtime=downtime, closes=True)  # fmt: skip
 
     def _stock(
         self, rule: Rule, binding: Binding, device: str, judge: StockLevel,

@@ -11,7 +11,10 @@ Order of statements: closing earlier incidents before opening new ones
 their ids up by key), the watermark last; then ``NOTIFY`` with the newest
 outbox id. An incident opened and closed within one dispatch is inserted
 already closed, and also closed by key, in case a re-evaluation found again
-an incident written open before.
+an incident written open before. A close by key that finds the row closed
+at another time (late readings filled the gap before the close written
+first) revises it, and its outbox row then gets a key of its own naming
+both closes, written only by the transaction that moved the close.
 """
 
 from __future__ import annotations
@@ -22,12 +25,21 @@ from typing import Any
 import asyncpg
 import orjson
 
+from ..pipeline.bindings import _us
+
+# A close the newest evaluation in time order puts elsewhere than the row
+# says (late readings in the gap before it) is revised; ``before`` is the
+# close it replaces, NULL for a first close. The same close again (a
+# redelivery, the catch-up's margin) matches no row.
 CLOSE_TICKETS = """
 UPDATE ingestd.service_tickets t
 SET closed_at = u.at, closed_detected_at = u.detected, peak = u.peak
 FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::float8[])
-     AS u(key, at, detected, peak)
-WHERE t.effect_key = u.key AND t.closed_at IS NULL
+     AS u(key, at, detected, peak),
+     ingestd.service_tickets old
+WHERE t.effect_key = u.key AND old.id = t.id
+  AND t.closed_at IS DISTINCT FROM u.at
+RETURNING t.effect_key, old.closed_at AS before, t.closed_at AS after
 """
 
 OPEN_TICKETS = """
@@ -43,8 +55,10 @@ ON CONFLICT DO NOTHING
 END_DOWNTIME = """
 UPDATE ingestd.downtime d
 SET ended_at = u.at, end_detected_at = u.detected
-FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS u(key, at, detected)
-WHERE d.effect_key = u.key AND d.ended_at IS NULL
+FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS u(key, at, detected),
+     ingestd.downtime old
+WHERE d.effect_key = u.key AND old.id = d.id AND d.ended_at IS DISTINCT FROM u.at
+RETURNING d.effect_key, old.ended_at AS before, d.ended_at AS after
 """
 
 START_DOWNTIME = """
@@ -99,9 +113,12 @@ class Effects:
         self.now = datetime.now(timezone.utc)
         self.outbox: list[tuple[Any, ...]] = []
         self.tickets: dict[str, list[Any]] = {}
-        self.ticket_closes: list[tuple[str, datetime, datetime, float | None]] = []
+        # key -> close; the last evaluation of a key in this dispatch wins
+        self.ticket_closes: dict[str, tuple[str, datetime, datetime, float | None]]
+        self.ticket_closes = {}
         self.downtime: dict[str, list[Any]] = {}
-        self.downtime_ends: list[tuple[str, datetime, datetime]] = []
+        self.downtime_ends: dict[str, tuple[str, datetime, datetime]] = {}
+        self.closing: dict[str, int] = {}  # ticket/downtime key -> its close row
         self.stock: list[tuple[Any, ...]] = []
 
     def __bool__(self) -> bool:
@@ -118,12 +135,25 @@ class Effects:
         ticket: str | None = None,
         stock: str | None = None,
         downtime: str | None = None,
+        closes: bool = False,
     ) -> None:
-        """One outbox row; ``ticket``/``stock``/``downtime`` name its row by key."""
-        self.outbox.append(
-            (order, kind, orjson.dumps(payload).decode(), key, moment(occurred),
-             self.now, ticket, stock, downtime)
+        """One outbox row; ``ticket``/``stock``/``downtime`` name its row by key.
+
+        ``closes``: the row reports the close of that ticket or downtime; one
+        such row per ticket in a dispatch, the last evaluation's.
+        """
+        row = (
+            order, kind, orjson.dumps(payload).decode(), key, moment(occurred),
+            self.now, ticket, stock, downtime,
         )  # fmt: skip
+        ref = ticket or downtime
+        if closes and ref is not None:
+            at = self.closing.get(ref)
+            if at is not None:
+                self.outbox[at] = row
+                return
+            self.closing[ref] = len(self.outbox)
+        self.outbox.append(row)
 
     def open_ticket(
         self, key: str, kind: str, order: str, device: str, rule: str,
@@ -139,7 +169,7 @@ class Effects:
         if row is not None:  # opened in this dispatch: insert it closed
             row[8], row[9], row[10] = moment(closed), self.now, peak
         # ... and close it in case it was written open before (a re-evaluation)
-        self.ticket_closes.append((key, moment(closed), self.now, peak))
+        self.ticket_closes[key] = (key, moment(closed), self.now, peak)
 
     def start_downtime(
         self, key: str, order: str, device: str, rule: str, cause: str, at: int
@@ -152,7 +182,7 @@ class Effects:
         row = self.downtime.get(key)
         if row is not None:
             row[7], row[8] = moment(at), self.now
-        self.downtime_ends.append((key, moment(at), self.now))
+        self.downtime_ends[key] = (key, moment(at), self.now)
 
     def stock_level(
         self, key: str, sku: str, location: str, device: str, units: int,
@@ -167,11 +197,13 @@ class Effects:
         ids: list[int] = []
         async with conn.transaction():
             if self.ticket_closes:
-                await conn.execute(CLOSE_TICKETS, *_columns(self.ticket_closes))
+                closes = _columns(self.ticket_closes.values())
+                self._revised(await conn.fetch(CLOSE_TICKETS, *closes))
             if self.tickets:
                 await conn.execute(OPEN_TICKETS, *_columns(self.tickets.values()))
             if self.downtime_ends:
-                await conn.execute(END_DOWNTIME, *_columns(self.downtime_ends))
+                ends = _columns(self.downtime_ends.values())
+                self._revised(await conn.fetch(END_DOWNTIME, *ends))
             if self.downtime:
                 await conn.execute(START_DOWNTIME, *_columns(self.downtime.values()))
             if self.stock:
@@ -186,6 +218,24 @@ class Effects:
                     "SELECT pg_notify('ingestd_order_updates', $1)", str(max(ids))
                 )
         return len(ids)
+
+    def _revised(self, rows: list[asyncpg.Record]) -> None:
+        """Closes that replaced another: their outbox row says so, keyed anew.
+
+        The row's key gains the close it replaces and the new one
+        (``…|closed|µs before|µs now``), so the revision is written exactly
+        once: only the transaction whose UPDATE moved the close writes it.
+        """
+        for key, before, after in rows:
+            at = self.closing.get(key) if before is not None else None
+            if at is None:
+                continue
+            row = list(self.outbox[at])
+            payload = orjson.loads(row[2])
+            payload["revised_from"] = _us(before)
+            row[2] = orjson.dumps(payload).decode()
+            row[3] = f"{row[3]}|{_us(before)}|{_us(after)}"
+            self.outbox[at] = tuple(row)
 
 
 def _columns(rows: Any) -> list[list[Any]]:
