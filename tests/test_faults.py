@@ -211,7 +211,8 @@ class Tally:
 
 
 async def _tally(d: Deployment, prefix: str, messages: int) -> Tally:
-    """Wait until all ``messages`` are stored (or 60 s), then count."""
+    """Wait until all ``messages`` are stored (or 120 s: a backlog on a
+    machine busy with other tests drains slowly), then count."""
 
     async def count() -> Tally:
         row = (await d.fetch(
@@ -227,7 +228,7 @@ async def _tally(d: Deployment, prefix: str, messages: int) -> Tally:
         tally = await count()
         return tally if tally.lost == 0 else None
 
-    return await wait_for(complete, timeout=60, every=0.5) or await count()
+    return await wait_for(complete, timeout=120, every=0.5) or await count()
 
 
 class HttpFleet:
@@ -720,6 +721,8 @@ async def test_overload_at_twice_sustainable_stays_bounded_and_recovers(
             return bool((await _health(d))["pending_readings"] < capacity // 2)
 
         assert await wait_for(drained, timeout=30, every=0.5)
+        # Posts already in flight when it drained may still come back 503
+        await asyncio.sleep(2.0)
         calm_refused = fleet.pushed_back
         await asyncio.sleep(5.0)
         calm_refused = fleet.pushed_back - calm_refused
