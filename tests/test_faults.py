@@ -721,11 +721,15 @@ async def test_overload_at_twice_sustainable_stays_bounded_and_recovers(
             return bool((await _health(d))["pending_readings"] < capacity // 2)
 
         assert await wait_for(drained, timeout=30, every=0.5)
-        # Posts already in flight when it drained may still come back 503
-        await asyncio.sleep(2.0)
-        calm_refused = fleet.pushed_back
-        await asyncio.sleep(5.0)
-        calm_refused = fleet.pushed_back - calm_refused
+        # Posts refused during the overload are retried on top of the quarter
+        # load, so 503s fade rather than stop at once: recovered means a
+        # whole 5 s window without one, within 60 s
+        calm_refused = -1
+        recovery_deadline = time.monotonic() + 60.0
+        while calm_refused != 0 and time.monotonic() < recovery_deadline:
+            before_window = fleet.pushed_back
+            await asyncio.sleep(5.0)
+            calm_refused = fleet.pushed_back - before_window
         await fleet.stop()
         stored = await fleet.stored(d)
 
@@ -737,7 +741,7 @@ async def test_overload_at_twice_sustainable_stays_bounded_and_recovers(
             f"(ring {capacity}); RSS MB start {baseline:.0f}, during overload "
             f"min {min(during):.0f} max {max(during):.0f}; after: "
             f"{fleet.acked} acknowledged, {stored} stored, lost "
-            f"{fleet.acked - stored}; 503s at a quarter load {calm_refused}"
+            f"{fleet.acked - stored}; 503s in the last 5 s at a quarter load {calm_refused}"
         )
         assert refused > 0  # pushed back
         assert health["pending_readings"] <= capacity + fleet.devices * fleet.per_post
