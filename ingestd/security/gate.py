@@ -98,7 +98,6 @@ class Gate:
         self.revoked: set[str] = set()
         self._open: dict[str, set[Callable[[], None]]] = {}  # serial -> closers
         self._seen: dict[str, tuple[str, dt.datetime, float]] = {}
-        self.refused = 0
 
     def context(
         self,
@@ -136,7 +135,6 @@ class Gate:
                 raise PermissionError("no client certificate")
             return None
         if peer.serial in self.revoked:
-            self.refused += 1
             metrics.tls_refused.labels("revoked").inc()
             raise PermissionError(f"certificate {peer.serial} is revoked")
         if peer.device is None and self.config.mtls:
@@ -160,10 +158,6 @@ class Gate:
             closers.discard(close)
             if not closers:
                 del self._open[peer.serial]
-
-    @property
-    def connections(self) -> int:
-        return sum(len(c) for c in self._open.values())
 
     # -- revocation and the registry ---------------------------------
 

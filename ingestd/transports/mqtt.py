@@ -166,10 +166,11 @@ class MqttSubscriber:
         return 0
 
     def _on_qos1(self, mid: int, payload: bytes, topic: str, props: Any) -> None:
-        ack = (self._acknowledge, (self._generation, mid))
-        self._handle(topic, payload, props, ack)
+        self._handle(topic, payload, props, mid)
 
-    def _handle(self, topic: Any, payload: bytes, props: Any, ack: Any) -> None:
+    def _handle(self, topic: Any, payload: bytes, props: Any, mid: int | None) -> None:
+        """Decode one message and hand it on; a QoS 1 message (``mid``) is
+        acknowledged after its commit, with what its PUBACK is to say."""
         if self._holding:
             return  # unacknowledged: the broker delivers it again
         self.messages += 1
@@ -178,18 +179,30 @@ class MqttSubscriber:
             topic = topic.decode("utf-8", "replace")
         origin = Origin(None, "mqtt", clock.now_us(), topic)
         decoded = Decoded()
+        # One token per message: (connection, mid, what decides the reason)
         try:
             self._decode(topic, payload, props, origin, decoded)
-        except IngestError as exc:
-            if ack is not None:  # MQTT 5 says why in the PUBACK
-                ack = (self._acknowledge, (*ack[1], exc))
+        except IngestError as exc:  # MQTT 5 says why in the PUBACK
+            ack = (
+                None
+                if mid is None
+                else (self._acknowledge, (self._generation, mid, exc))
+            )
             batcher.dead_letter(origin, payload, str(exc), ack)
         except Exception as exc:  # a codec bug must not kill the stream
             log.mqtt.exception("decoding a message on %s failed", topic)
+            ack = (
+                None
+                if mid is None
+                else (self._acknowledge, (self._generation, mid, None))
+            )
             batcher.dead_letter(origin, payload, f"internal error: {exc}", ack)
-        else:
-            if ack is not None and self._v5:  # 0x99 if nothing was usable
-                ack = (self._acknowledge, (*ack[1], decoded))
+        else:  # judged at commit: 0x99 if nothing of it was usable
+            ack = (
+                None
+                if mid is None
+                else (self._acknowledge, (self._generation, mid, decoded))
+            )
             batcher.submit(origin, decoded, payload, ack)
         if batcher.full and not self._paused:
             self._pause()
@@ -211,11 +224,11 @@ class MqttSubscriber:
     def _acknowledge(self, token: tuple[Any, ...]) -> None:
         if token[0] != self._generation:
             return  # its connection is gone; the broker will redeliver it
-        outcome = token[2] if len(token) > 2 and self._v5 else None
+        outcome = token[2] if self._v5 else None
         if outcome is None:
             reason = 0
-        elif isinstance(outcome, Decoded):  # judged at commit: the batcher
-            # may refuse a message whole (pipeline.max_readings_per_message)
+        elif isinstance(outcome, Decoded):  # the batcher may have refused it
+            # whole since (pipeline.max_readings_per_message)
             reason = 0 if outcome.usable else DecodeError.mqtt_reason
         else:
             reason = outcome.mqtt_reason
