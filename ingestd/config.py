@@ -71,6 +71,14 @@ class Route(_Section):
     user_properties: dict[str, str] = msgspec.field(default_factory=dict)
 
 
+def bus_routes() -> list[Route]:
+    """The default routes of the AMQP and NATS feeds: dotted subjects."""
+    return [
+        Route(topic="devices.{device}.telemetry", codec="json"),
+        Route(topic="devices.{device}.senml", codec="senml"),
+    ]
+
+
 class HttpRoute(_Section):
     """Which codec reads a request body of this Content-Type."""
 

@@ -96,10 +96,7 @@ class NatsFeed(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     fetch_batch: int = 1000
     max_payload_bytes: int = 256 * 1024
     routes: list[config.Route] = msgspec.field(
-        default_factory=lambda: [
-            config.Route(topic="devices.{device}.telemetry", codec="json"),
-            config.Route(topic="devices.{device}.senml", codec="senml"),
-        ]
+        default_factory=lambda: config.bus_routes()  # config imports this module
     )
 
     def __post_init__(self) -> None:
