@@ -23,6 +23,7 @@ relative to a sustainable rate measured in the same test.
 from __future__ import annotations
 
 import asyncio
+import random
 import shutil
 import signal
 import tempfile
@@ -236,6 +237,13 @@ class HttpFleet:
     flight each. A 503 (or a lost connection) is retried with the same
     readings at the device's next tick, as a device with a local buffer
     does; so the attempt rate is what the fleet offers, whatever the answers.
+
+    Devices keep their own clocks, as a real fleet does: a new rate starts
+    each one at a random point of its period, and every period varies by
+    10 %. Without that, the 0.6 s period of the overload squeezed all 200
+    devices into 0.6 s, kept them there at the quarter load's 5 s period,
+    and each tick offered 10,000 readings at once to a ring of 5,000: half
+    the posts were refused long after the backlog was written.
     """
 
     def __init__(self, port: int, prefix: str, devices: int, per_post: int) -> None:
@@ -249,6 +257,8 @@ class HttpFleet:
         self.pushed_back = 0  # 503s
         self.attempts = 0
         self.link_errors = 0
+        self.sent_at: list[float] = []  # monotonic time of every attempt
+        self._clocks = random.Random(port)
         self._stop = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -273,6 +283,7 @@ class HttpFleet:
         path = f"/v1/devices/{self.prefix}-{k}/telemetry"
         seq = 0
         tick = time.monotonic()
+        paced_at: float | None = None  # the rate this device's clock is set to
         try:
             while not self._stop:
                 start = self.base_ms + seq * self.per_post
@@ -280,6 +291,7 @@ class HttpFleet:
                     [{"ts": start + j, "load": float(j)} for j in range(self.per_post)]
                 )
                 self.attempts += 1
+                self.sent_at.append(time.monotonic())
                 try:
                     link = link or await RawHttp.open(self.port)
                     link.send(path, body)
@@ -304,7 +316,13 @@ class HttpFleet:
                     await asyncio.sleep(0 if status == 202 else 0.2)
                     tick = time.monotonic()
                 else:
-                    tick = max(tick + self.devices / self.rate, time.monotonic() - 1)
+                    period = self.devices / self.rate
+                    if paced_at != self.rate:
+                        paced_at = self.rate
+                        tick = time.monotonic() + self._clocks.uniform(0, period)
+                    else:
+                        period *= self._clocks.uniform(0.9, 1.1)
+                        tick = max(tick + period, time.monotonic() - 1)
                     await asyncio.sleep(max(tick - time.monotonic(), 0))
         finally:
             if link is not None:
@@ -721,15 +739,19 @@ async def test_overload_at_twice_sustainable_stays_bounded_and_recovers(
             return bool((await _health(d))["pending_readings"] < capacity // 2)
 
         assert await wait_for(drained, timeout=30, every=0.5)
-        # Posts refused during the overload are retried on top of the quarter
-        # load, so 503s fade rather than stop at once: watch 5 s windows for
-        # up to 60 s, until one has none
-        calm_refused = -1
+        # Devices refused during the overload send those readings at their
+        # next tick, so 503s may linger briefly: watch 5 s windows for up to
+        # 60 s, until one has none
+        calm_refused, calm_from = -1, 0.0
         recovery_deadline = time.monotonic() + 60.0
         while calm_refused != 0 and time.monotonic() < recovery_deadline:
-            before_window = fleet.pushed_back
+            before_window, calm_from = fleet.pushed_back, time.monotonic()
             await asyncio.sleep(5.0)
             calm_refused = fleet.pushed_back - before_window
+        # The densest second of that last window: near 1/5 of the fleet's
+        # 200 devices if their clocks are spread, near 200 if bunched
+        calm = [t for t in fleet.sent_at if t >= calm_from]
+        densest = max((sum(1 for u in calm if t <= u < t + 1) for t in calm), default=0)
         await fleet.stop()
         stored = await fleet.stored(d)
 
@@ -741,7 +763,8 @@ async def test_overload_at_twice_sustainable_stays_bounded_and_recovers(
             f"(ring {capacity}); RSS MB start {baseline:.0f}, during overload "
             f"min {min(during):.0f} max {max(during):.0f}; after: "
             f"{fleet.acked} acknowledged, {stored} stored, lost "
-            f"{fleet.acked - stored}; 503s in the last 5 s at a quarter load {calm_refused}"
+            f"{fleet.acked - stored}; at a quarter load, last 5 s: 503s "
+            f"{calm_refused}, {len(calm)} posts, densest second {densest}"
         )
         assert refused > 0  # pushed back
         assert health["pending_readings"] <= capacity + fleet.devices * fleet.per_post
@@ -751,9 +774,8 @@ async def test_overload_at_twice_sustainable_stays_bounded_and_recovers(
         first, last = during[: len(during) // 3], during[-len(during) // 3 :]
         assert max(last) - max(first) < 20, during
         assert max(during) - baseline < 150, during
-        # Recovered: push-back all but stops (a full suite on two busy cores
-        # still saw 2 in 5 s, against 165/s during the overload)
-        assert calm_refused / 5.0 < 0.05 * refused / elapsed, (calm_refused, refused)
+        # Recovered: a quarter load is served without push-back again
+        assert calm_refused == 0, (calm_refused, refused, densest)
         assert (stored, fleet.link_errors) == (fleet.acked, 0)
     finally:
         sampler.cancel()
