@@ -158,16 +158,18 @@ class Server:
 
     def health(self) -> dict[str, Any]:
         batcher = self.batcher
-        mqtt_ok = self.mqtt is None or self.mqtt.connected.is_set()
-        amqp_ok = self.amqp is None or self.amqp.connected.is_set()
-        nats_ok = self.nats is None or self.nats.connected.is_set()
+        # A feed that is not configured is null, so an operator never reads
+        # "connected" for a link that does not exist
+        feeds = {
+            name: None if feed is None else feed.connected.is_set()
+            for name, feed in (("mqtt", self.mqtt), ("amqp", self.amqp),
+                               ("nats", self.nats))
+        }  # fmt: skip
         pending = batcher.pending if batcher else 0
-        feeds_ok = mqtt_ok and amqp_ok and nats_ok
+        feeds_ok = all(up is not False for up in feeds.values())
         return {
             "ok": bool(batcher) and feeds_ok and not self.stopping.is_set(),
-            "mqtt_connected": mqtt_ok,
-            "amqp_connected": amqp_ok,
-            "nats_connected": nats_ok,
+            **{f"{name}_connected": up for name, up in feeds.items()},
             "pending_readings": pending,
             "committed_readings": batcher.committed_readings if batcher else 0,
             "order_updates": self.dispatcher.written if self.dispatcher else 0,

@@ -94,6 +94,10 @@ async def test_mqtt5_shared_subscription_splits_the_stream(
         assert await wait_for(all_stored)
         committed = [_health(d)["committed_readings"] for d in (first, second)]
         assert sum(committed) == 400 and min(committed) > 0, committed
+        # Feeds not configured are null, not "connected"
+        health = _health(first)
+        feeds = [health[f"{f}_connected"] for f in ("mqtt", "amqp", "nats")]
+        assert (health["ok"], feeds) == (True, [True, None, None]), health
     finally:
         for d in (first, second):
             await asyncio.to_thread(d.server.stop)
