@@ -12,9 +12,10 @@ reading needed the batcher's piecewise salvage (no dead letter of source
 ``flush``), and each bad part is a dead letter that names its place, with
 the message's bytes kept exactly.
 
-The last test feeds the batcher readings no codec would let through (a lone
-surrogate, a NUL, a time past 64 bits) to check the last line of defence:
-the good readings of the same flush are still stored.
+The last tests feed the batcher readings no codec would let through (a lone
+surrogate, a NUL, a time past 64 bits) and a reading that trips a bug of
+ours in the write, to check the last line of defence: the good readings of
+the same flush are still stored, and every sender is answered.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import pytest
 from bench import harness
 from ingestd.codecs.base import Decoded
 from ingestd.model import Origin, Reading
+from ingestd.pipeline import writer
 from ingestd.pipeline.batcher import Batcher
 from ingestd.storage import database
 
@@ -370,3 +372,67 @@ async def test_nasty_flush_stores_good_readings_beside_unstorable_ones(
     assert all(r["reason"].startswith(("refused: ", "not storable: ")) for r in letters)
     # Every message was answered: nothing waits forever on a lost flush
     assert len(acked) == 2 * len(UNSTORABLE)
+
+
+async def test_a_bug_of_ours_tripped_by_one_reading_costs_that_reading_only(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fault that is neither the database's nor in REFUSED (a bug in our
+    # write path that one value trips): the flush is salvaged piecewise, the
+    # good readings are stored, the tripping one is a dead letter naming the
+    # error, and every sender is acknowledged; none is left waiting
+    real_write = writer.write
+
+    async def tripping(conn: Any, rows: Any, *rest: Any) -> None:
+        if any(row[1] == "trips-a-bug" for row in rows):
+            raise KeyError("a bug of ours")
+        await real_write(conn, rows, *rest)
+
+    monkeypatch.setattr(writer, "write", tripping)
+    handed_on: list[int] = []
+
+    def failing_rules(readings: list[Reading]) -> None:
+        handed_on.append(len(readings))
+        raise RuntimeError("a bug in the rules")
+
+    now = int(time.time() * 1e6)
+    batcher = Batcher(
+        pool, flush_rows=100_000, flush_interval_ms=100, capacity=10**6,
+        on_commit=failing_rules,
+    )  # fmt: skip
+    batcher.start()
+    acked: list[str] = []
+    metrics = ["good-1", "trips-a-bug", "good-2"]
+    for metric in metrics:
+        decoded = Decoded()
+        decoded.readings.append(
+            Reading("bug", metric, now, 1.0, None, None, now, "test", "json")
+        )
+        origin = Origin("bug", "test", now, "test")
+        batcher.submit(origin, decoded, metric.encode(), (acked.append, metric))
+
+    async def flushed() -> bool:
+        return len(acked) == len(metrics)
+
+    assert await wait_for(flushed, timeout=10)
+    # A failing hand-on to the rules neither stops the batcher nor counts the
+    # batch twice: the next message is stored, and nothing stays pending
+    decoded = Decoded()
+    decoded.readings.append(
+        Reading("bug", "after", now, 2.0, None, None, now, "test", "json")
+    )
+    batcher.submit(Origin("bug", "test", now, "test"), decoded, b"x",
+                   (acked.append, "after"))  # fmt: skip
+    await batcher.close()
+
+    assert acked == [*metrics, "after"]
+    assert (batcher.pending, handed_on) == (0, [3, 1])
+    stored = await pool.fetch("SELECT metric FROM ingestd.readings ORDER BY metric")
+    assert [r["metric"] for r in stored] == ["after", "good-1", "good-2"]
+    letters = await pool.fetch(
+        "SELECT source, reason, payload FROM ingestd.dead_letters"
+    )
+    assert [(r["source"], r["reason"]) for r in letters] == [
+        ("flush", "internal error: KeyError: 'a bug of ours'")
+    ]
+    assert b"trips-a-bug" in letters[0]["payload"]

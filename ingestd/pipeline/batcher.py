@@ -46,7 +46,8 @@ KEPT_OF_OVERSIZED = 4096
 
 # Failures worth retrying the same batch for: the database went away, or is
 # restarting, or refused the connection. Anything else is a fault in the
-# data of this batch, which is then written piecewise (see _salvage).
+# data of this batch (or a bug of ours that it trips), which is then written
+# piecewise (see _salvage).
 RETRYABLE = (
     OSError,
     asyncio.TimeoutError,
@@ -252,10 +253,12 @@ class Batcher:
             try:
                 await self._flush(batch)
             except Exception:
-                # Our own fault, not the database's: nothing of this batch is
-                # acknowledged. HTTP and CoAP senders retry; MQTT gets it again
-                # only after a reconnect (a broker does not resend on a live
-                # connection), so database trouble belongs in RETRYABLE.
+                # Reached only if the piecewise salvage itself fails. Nothing
+                # of this batch is acknowledged: HTTP, CoAP and WebSocket
+                # senders wait for an answer that never comes and time out;
+                # MQTT gets it again only after a reconnect (a broker does not
+                # resend on a live connection). Database trouble belongs in
+                # RETRYABLE, never here.
                 log.pipeline.exception("flush failed; batch not acknowledged")
                 self.pending -= batch.weight
             # What filled meanwhile: flush now if full (or closing), else time it
@@ -286,11 +289,14 @@ class Batcher:
                             conn, rows, batch.devices, batch.dead,
                             batch.offline, batch.aliases,
                         )  # fmt: skip
-                    except REFUSED as exc:
+                    except Exception as exc:
                         if isinstance(exc, RETRYABLE) or overdue:
                             raise
                         deadline.cancel()  # piecewise is slow, and not stuck
-                        log.pipeline.error("flush refused (%s); salvaging", exc)
+                        if isinstance(exc, REFUSED):
+                            log.pipeline.error("flush refused (%s); salvaging", exc)
+                        else:  # a bug of ours: its traceback, once per flush
+                            log.pipeline.exception("flush failed; salvaging")
                         await self._salvage(conn, batch, rows)
                     finally:
                         deadline.cancel()
@@ -328,7 +334,10 @@ class Batcher:
             for wake in waiters:
                 wake()
         if self.on_commit is not None and batch.readings:
-            self.on_commit(batch.readings)
+            try:
+                self.on_commit(batch.readings)
+            except Exception:  # the rules' trouble; the readings are stored
+                log.pipeline.exception("handing committed readings on failed")
 
     def _rows_apart(self, batch: Batch) -> list[tuple[Any, ...]]:
         """Stage rows one by one; a reading that cannot be one is a dead letter."""
@@ -353,8 +362,9 @@ class Batcher:
 
         A refused reading or dead letter becomes a dead letter with the
         server's reason, so one bad value never holds back or drops the good
-        ones. Slow, and only reached when a check in the codecs missed
-        something; the log line says what.
+        ones. A piece that trips a bug of ours is kept the same way, with
+        the error as its reason. Slow, and only reached when a check in the
+        codecs missed something; the log line says what.
         """
         now = datetime.now(timezone.utc)
         refused: list[tuple[Any, ...]] = []
@@ -362,33 +372,38 @@ class Batcher:
             await writer.write(
                 conn, [], batch.devices, [], batch.offline, batch.aliases
             )
-        except REFUSED as exc:
+        except Exception as exc:
             if isinstance(exc, RETRYABLE):
                 raise
             log.pipeline.error("registry update refused, skipped: %s", exc)
         for letter in batch.dead:
             try:
                 await writer.write(conn, [], {}, [letter])
-            except REFUSED as exc:
+            except Exception as exc:
                 if isinstance(exc, RETRYABLE):
                     raise
-                reason = f"dead letter refused: {exc}"
+                reason = f"dead letter {_why(exc)}"
                 refused.append((now, letter[1], "flush", None, reason, None, letter[6]))
         for row in rows:
             try:
                 await writer.write(conn, [row], {}, [])
-            except REFUSED as exc:
+            except Exception as exc:
                 if isinstance(exc, RETRYABLE):
                     raise
                 try:
                     raw = orjson.dumps(list(row), default=repr)
                 except TypeError:  # text orjson refuses too (a lone surrogate)
                     raw = repr(row).encode()
-                refused.append(
-                    (now, row[10], "flush", None, f"refused: {exc}", None, raw)
-                )
+                refused.append((now, row[10], "flush", None, _why(exc), None, raw))
         if refused:
             await writer.write(conn, [], {}, refused)
+
+
+def _why(exc: Exception) -> str:
+    """A dead letter's reason for a piece the salvage could not write."""
+    if isinstance(exc, REFUSED):
+        return f"refused: {exc}"
+    return f"internal error: {type(exc).__name__}: {exc}"
 
 
 def _abort(conn: asyncpg.Connection, overdue: list[bool]) -> None:
