@@ -394,6 +394,65 @@ async def test_mtls_coap_over_tls_identity_and_revocation(secure: Secure) -> Non
     assert stored == 1
 
 
+def coap_tcp_frame(code: int, options: bytes = b"", payload: bytes = b"") -> bytes:
+    """One token-less CoAP-over-TCP message (RFC 8323, section 3.2)."""
+    rest = options + (b"\xff" + payload if payload else b"")
+    n = len(rest)
+    if n < 13:
+        head = bytes([n << 4])
+    elif n < 269:
+        head = bytes([13 << 4, n - 13])
+    else:
+        head = bytes([14 << 4]) + (n - 269).to_bytes(2, "big")
+    return head + bytes([code]) + rest
+
+
+async def read_coap_tcp_code(reader: asyncio.StreamReader) -> int:
+    """The code of the next CoAP-over-TCP message on ``reader``."""
+    first = (await reader.readexactly(1))[0]
+    n, extended = first >> 4, {13: 1, 14: 2, 15: 4}.get(first >> 4, 0)
+    if extended:
+        n = int.from_bytes(await reader.readexactly(extended), "big")
+        n += {1: 13, 2: 269, 4: 65805}[extended]
+    code = (await reader.readexactly(1))[0]
+    await reader.readexactly((first & 0x0F) + n)  # token, options, payload
+    return code
+
+
+async def test_mtls_revocation_closes_open_coap_over_tls_within_a_second(
+    secure: Secure,
+) -> None:
+    # A raw RFC 8323 client, since aiocoap's hides its connection: the cut is
+    # timed from the revocation to the end of the TLS stream
+    cert, key, issued = secure.ca.device("reefer-9")
+    await secure.record(issued, "reefer-9")
+    ctx = secure.client(cert, key)
+    ctx.set_alpn_protocols(["coap"])
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", secure.coaps, ssl=ctx, server_hostname="127.0.0.1"
+    )
+    request = aiocoap.Message(
+        code=Code.POST, uri_path=("v1", "devices", "reefer-9", "telemetry"),
+        content_format=50,
+    )  # fmt: skip
+    writer.write(coap_tcp_frame(0xE1))  # CSM (7.01), which RFC 8323 sends first
+    writer.write(
+        coap_tcp_frame(int(Code.POST), request.opt.encode(), reading(1_700_000_000_000))
+    )
+    codes = [await asyncio.wait_for(read_coap_tcp_code(reader), 10) for _ in "ab"]
+    assert codes == [0xE1, int(Code.CHANGED)], codes
+
+    await secure.revoke("reefer-9")
+    closed = await closed_within(reader, 5.0)
+    writer.close()
+    print(f"mtls: CoAP over TLS cut {closed * 1000:.1f} ms after the revocation")
+    assert closed < 1.0, closed
+    stored = await secure.d.fetchval(
+        "SELECT count(*) FROM ingestd.readings WHERE device_id = 'reefer-9'"
+    )
+    assert stored == 1
+
+
 async def test_mtls_certificate_revoked_before_connecting_is_refused(
     secure: Secure,
 ) -> None:
