@@ -48,9 +48,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
-import orjson
 
-from . import fleet, harness
+from . import fleet, harness, rule_set
 from .load import (
     HttpPosters,
     LocalStack,
@@ -404,27 +403,7 @@ async def seed(
                              device.location, device.unit_kg, None, None))  # fmt: skip
             expected.append((device.sku, device.location, device.expected_units))
     rule_rows = rules(seconds)
-    async with conn.transaction():
-        await conn.executemany(
-            "INSERT INTO oms.orders (id, kind, product) VALUES ($1, $2, $3)", orders
-        )
-        await conn.executemany(
-            "INSERT INTO oms.device_bindings (device_id, kind, order_id, order_line,"
-            " sku, location, unit_weight, valid_from, valid_to) VALUES ($1, $2, $3,"
-            " $4, $5, $6, $7, coalesce($8::timestamptz, '-infinity'),"
-            " coalesce($9::timestamptz, 'infinity'))",
-            bindings,
-        )
-        await conn.executemany(
-            "INSERT INTO oms.expected_stock (sku, location, expected_units) "
-            "VALUES ($1, $2, $3)",
-            expected,
-        )
-        await conn.executemany(
-            "INSERT INTO ingestd.rules (id, metric, op, threshold, kind, rule_type,"
-            " action, params, product) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            [(*r[:7], orjson.dumps(r[7]).decode(), r[8]) for r in rule_rows],
-        )
+    await rule_set.write_oms_rows(conn, orders, bindings, expected, rule_rows)
     return (
         f"seeded {len(orders)} orders, {len(bindings)} device bindings, "
         f"{len(expected)} expected stock rows, {len(rule_rows)} rules"

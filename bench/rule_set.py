@@ -24,6 +24,7 @@ count (an open door, a vibration spike, a hand on the shelf).
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
@@ -103,15 +104,33 @@ async def seed(
     """Write orders, bindings, expected stock and the rules; counts."""
     orders, bindings, expected = orders_and_bindings(devices)
     rows = rules(scenario_s)
+    # Bound from a day back: the first readings of the run are covered
+    since = datetime.now(timezone.utc) - timedelta(days=1)
+    await write_oms_rows(
+        conn, orders, [(*b, since, None) for b in bindings], expected, rows
+    )
+    return {"orders": len(orders), "bindings": len(bindings), "rules": len(rows)}
+
+
+async def write_oms_rows(
+    conn: asyncpg.Connection,
+    orders: list[tuple[Any, ...]],
+    bindings: list[tuple[Any, ...]],
+    expected: list[tuple[Any, ...]],
+    rule_rows: list[tuple[Any, ...]],
+) -> None:
+    """Orders, bindings (device, kind, order, line, sku, location, unit
+    weight, valid from, valid to; None for open), expected stock and rules,
+    in one transaction, as an OMS and its operator would write them."""
     async with conn.transaction():
         await conn.executemany(
             "INSERT INTO oms.orders (id, kind, product) VALUES ($1, $2, $3)", orders
         )
-        # Bound from a day back: the first readings of the run are covered
         await conn.executemany(
             "INSERT INTO oms.device_bindings (device_id, kind, order_id, order_line,"
-            " sku, location, unit_weight, valid_from) VALUES ($1, $2, $3, $4, $5,"
-            " $6, $7, now() - interval '1 day')",
+            " sku, location, unit_weight, valid_from, valid_to) VALUES ($1, $2, $3,"
+            " $4, $5, $6, $7, coalesce($8::timestamptz, '-infinity'),"
+            " coalesce($9::timestamptz, 'infinity'))",
             bindings,
         )
         await conn.executemany(
@@ -123,9 +142,8 @@ async def seed(
             "INSERT INTO ingestd.rules (id, metric, op, threshold, kind, rule_type,"
             " action, params, product) VALUES ($1, $2, $3, $4, $5, $6, $7,"
             " $8::jsonb, $9)",
-            [(*r[:7], orjson.dumps(r[7]).decode(), r[8]) for r in rows],
+            [(*r[:7], orjson.dumps(r[7]).decode(), r[8]) for r in rule_rows],
         )
-    return {"orders": len(orders), "bindings": len(bindings), "rules": len(rows)}
 
 
 async def effects(conn: asyncpg.Connection) -> dict[str, int]:

@@ -111,6 +111,27 @@ async def test_load_self_contained_commits_every_reading(
         assert messages["failed"] == 0, messages
 
 
+async def test_load_with_rules_seeds_orders_and_counts_their_effects(
+    server_uri: str, database_name: str, tmp_path: Path
+) -> None:
+    # --rules: orders, bindings and one rule of each kind seeded before
+    # ingestd starts; the fleet's scripts hold an incident of every kind
+    code, output = await bench(
+        "load", "--self-contained", "--via", "http", "--rules",
+        "--rate", "400", "--seconds", "6", "--devices", "20",
+        "--readings-per-message", "5",
+        "--pg-uri", server_uri, "--database", database_name,
+        "--name", "rules", "--results-dir", str(tmp_path),
+    )  # fmt: skip
+    assert code == 0, output
+    result = json.loads((tmp_path / "rules.json").read_text())
+    assert result["rules"] is True
+    assert result["readings"]["lost"] == 0, result["readings"]
+    effects = result["effects"]
+    assert set(effects) == {"outbox", "tickets", "downtime", "stock_levels"}
+    assert min(effects.values()) > 0, effects
+
+
 async def test_replay_fixtures_answered_over_http_and_mqtt(
     server_uri: str, database_name: str, tmp_path: Path
 ) -> None:
