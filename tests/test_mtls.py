@@ -153,11 +153,15 @@ async def open_https(
 
 
 async def post(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, device: str, body: bytes
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    device: str,
+    body: bytes,
+    content_type: str = "application/json",
 ) -> tuple[int, dict[str, object]]:
     writer.write(
         f"POST /v1/devices/{device}/telemetry HTTP/1.1\r\nHost: t\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
         + body
     )
     line = await asyncio.wait_for(reader.readline(), 10)
@@ -285,7 +289,62 @@ async def test_mtls_payload_naming_another_device_is_403(secure: Secure) -> None
     reason = await secure.d.fetchval(
         "SELECT reason FROM ingestd.dead_letters WHERE device_id = 'gw-7'"
     )
-    assert reason == "certificate of 'gw-7' may not write for 'dev1'"
+    assert reason == "certificate of 'gw-7' may not write as 'dev1'"
+
+
+async def test_mtls_gateway_writes_for_the_devices_its_certificate_relays_for(
+    secure: Secure,
+) -> None:
+    """A network server's certificate names the device ids it relays for;
+    it writes for those, over its own path or theirs, and for no others."""
+    relays = ("field-*", "pump-[0-9]")
+    cert, key, issued = secure.ca.device("lns-1", relays=relays)
+    await secure.record(issued, "lns-1")
+    ttn = "application/x-ttn+json"
+    reader, writer = await open_https(secure, cert, key)
+    answers = [
+        await post(reader, writer, "lns-1", ttn_uplink("field-7"), ttn),
+        await post(reader, writer, "pump-3", reading(1_700_000_000_000)),
+        await post(reader, writer, "lns-1", ttn_uplink("yard-1"), ttn),
+        await post(reader, writer, "pump-33", reading(1_700_000_000_000)),
+    ]
+    writer.close()
+    scope = "certificate of 'lns-1' (relays field-*, pump-[0-9]) may not write as"
+    assert answers == [
+        (202, {"stored": 1}),
+        (202, {"stored": 1}),
+        (403, {"error": f"{scope} 'yard-1'"}),
+        (403, {"error": f"{scope} 'pump-33'"}),
+    ], answers
+
+    # The same scope over WSS and CoAP over TLS
+    ws_reader, ws_writer = await open_https(secure, cert, key)
+    upgrade(ws_writer, "field-9")
+    line = await asyncio.wait_for(ws_reader.readline(), 10)
+    ws_writer.close()
+    assert line.startswith(b"HTTP/1.1 101"), line
+    client = await coap_client(secure, cert, key)
+    try:
+        ok = await coap_post(client, secure, "field-2", reading(1_700_000_000_000))
+        refused = await coap_post(client, secure, "yard-2", reading(1_700_000_000_000))
+    finally:
+        await client.shutdown()
+    assert (ok.code, refused.code) == (Code.CHANGED, Code.FORBIDDEN)
+
+    stored = await secure.d.fetch(
+        "SELECT device_id FROM ingestd.readings"
+        " WHERE device_id ~ '^(field|pump|yard)-' ORDER BY device_id"
+    )
+    assert [r["device_id"] for r in stored] == ["field-2", "field-7", "pump-3"]
+    letters = await secure.d.fetch(
+        "SELECT device_id, reason FROM ingestd.dead_letters"
+        " WHERE reason LIKE 'certificate of ''lns-1''%' ORDER BY id"
+    )
+    assert [(r["device_id"], r["reason"]) for r in letters] == [
+        ("lns-1", f"{scope} 'yard-1'"),
+        ("pump-33", f"{scope} 'pump-33'"),
+        ("yard-2", f"{scope} 'yard-2'"),
+    ]
 
 
 async def test_mtls_plain_http_is_off(secure: Secure) -> None:

@@ -261,6 +261,34 @@ async def test_certs_rotate_supersedes_the_old_certificate(ca: Pki) -> None:
     _user_error(await certs(ca.config, "rotate", "no-such-device"), "issue-device")
 
 
+async def test_certs_gateway_relays_are_bound_listed_and_kept_by_rotate(
+    ca: Pki,
+) -> None:
+    out = await ok(ca.config, "issue-device", "lns-9", "--relay", "eui-*",
+                   "--relay", "ttn/dev [a-f]")  # fmt: skip
+    assert "relays for   eui-*, ttn/dev [a-f]" in out
+    first = ca.device("lns-9")[0]
+    assert (pki.identity(first), pki.relays(first)) == (
+        "lns-9", ("eui-*", "ttn/dev [a-f]"),
+    )  # fmt: skip
+    assert (await ca.row(serial(first)))["relays"] == ["eui-*", "ttn/dev [a-f]"]
+
+    await ok(ca.config, "rotate", "lns-9")
+    second = ca.device("lns-9")[0]
+    assert serial(second) != serial(first)
+    assert pki.relays(second) == ("eui-*", "ttn/dev [a-f]")
+    listing = await ok(ca.config, "list", "--device", "lns-9")
+    assert listing.count("lns-9 (relays eui-*, ttn/dev [a-f])") == 2, listing
+
+    # a plain device relays for nobody
+    await ok(ca.config, "issue-device", "plain-9")
+    assert pki.relays(ca.device("plain-9")[0]) == ()
+    _user_error(await certs(ca.config, "issue-device", "lns-x", "--relay", ""),
+                "relay pattern")  # fmt: skip
+    _user_error(await certs(ca.config, "issue-device", "lns-x", "--relay", "e" * 201),
+                "relay pattern")  # fmt: skip
+
+
 async def test_certs_registry_records_fingerprint_and_expiry(ca: Pki) -> None:
     conn = await asyncpg.connect(ca.dsn)
     try:

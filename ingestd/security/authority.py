@@ -165,7 +165,11 @@ class Authority:
         return issued
 
     async def issue_device(
-        self, conn: asyncpg.Connection, device_id: str, days: float | None
+        self,
+        conn: asyncpg.Connection,
+        device_id: str,
+        days: float | None,
+        relays: Sequence[str] = (),
     ) -> int:
         live = await inventory.live_device_serials(conn, device_id)
         if live:
@@ -173,16 +177,20 @@ class Authority:
                 f"device {device_id!r} already has a live certificate ({live[0]}); "
                 "use `ingestd certs rotate` for a new one"
             )
-        issued = await self._new_device(conn, device_id, days)
+        issued = await self._new_device(conn, device_id, days, relays)
         self._report_device(device_id, issued)
         return 0
 
     async def _new_device(
-        self, conn: asyncpg.Connection, device_id: str, days: float | None
+        self,
+        conn: asyncpg.Connection,
+        device_id: str,
+        days: float | None,
+        relays: Sequence[str] = (),
     ) -> pki.Issued:
         days = self.validity(days, pki.DEVICE_DAYS)
         try:
-            issued = pki.issue_device(self.issuing, device_id, days)
+            issued = pki.issue_device(self.issuing, device_id, days, relays=relays)
         except ValueError as exc:
             raise PkiError(f"device id {device_id[:80]!r}: {exc}") from None
         await self._refuse_shared_cn(conn, device_id, "device")
@@ -203,6 +211,8 @@ class Authority:
         print(f"  key          {folder / 'device.key'}")
         print(f"  server trust {folder / 'ca.pem'}  (the root)")
         print(f"  expires      {when(issued.cert.not_valid_after_utc)}")
+        if relays := pki.relays(issued.cert):
+            print(f"  relays for   {', '.join(relays)}  (device ids it may write for)")
 
     async def _refuse_shared_cn(
         self, conn: asyncpg.Connection, name: str, kind: inventory.Kind
@@ -275,7 +285,8 @@ class Authority:
                 "use `ingestd certs issue-device`"
             )
         async with conn.transaction():
-            issued = await self._new_device(conn, device_id, days)
+            relays = await inventory.relays_of(conn, device_id)  # a gateway's scope
+            issued = await self._new_device(conn, device_id, days, relays)
             revoked: list[str] = []
             if not keep_old:
                 revoked = await inventory.revoke_device(
@@ -344,8 +355,11 @@ class Authority:
             status = r["status"]
             if status == "revoked":
                 status = f"revoked {when(r['revoked_at'])} ({r['revocation_reason']})"
+            subject = r["subject"]
+            if r["relays"]:
+                subject += f" (relays {', '.join(r['relays'])})"
             table.append(
-                (r["serial"], r["kind"], r["subject"], when(r["not_after"]), status)
+                (r["serial"], r["kind"], subject, when(r["not_after"]), status)
             )
         print_table(table)
         return 0

@@ -65,6 +65,11 @@ def add_parser(sub: Any) -> None:
     device = verb("issue-device", "a key and certificate for one device")
     device.add_argument("device_id", metavar="DEVICE_ID")
     device.add_argument("--days", type=float, help="validity (default 397)")
+    device.add_argument(
+        "--relay", action="append", default=[], metavar="PATTERN",
+        help="for a gateway: device ids it may also write for, shell-style "
+        "('eui-*'); repeatable, bound in the certificate, kept by rotate",
+    )  # fmt: skip
     revoke = verb("revoke", "revoke a device's live certificates, rewrite the CRL")
     revoke.add_argument("device_id", metavar="DEVICE_ID")
     revoke.add_argument("--reason", help="RFC 5280 reason name (default unspecified)")
@@ -133,7 +138,9 @@ async def _dispatch(args: argparse.Namespace, cfg: config_mod.Config) -> int:
             return await authority.issue_server(conn, args.names, args.client,
                                                 args.days)  # fmt: skip
         if verb == "issue-device":
-            return await authority.issue_device(conn, args.device_id, args.days)
+            return await authority.issue_device(
+                conn, args.device_id, args.days, args.relay
+            )
         if verb == "revoke":
             reason = args.reason or ("superseded" if args.keep_newest else None)
             return await authority.revoke(

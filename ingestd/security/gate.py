@@ -6,7 +6,8 @@ when mTLS is required. The gate adds what needs ingestd's own state:
 
 - The identity: the device id bound in the certificate's SAN URI
   (``pki.identity``). A listener lets a connection write only as that
-  device (HTTP 403, CoAP 4.03, WebSocket refused at the upgrade).
+  device (HTTP 403, CoAP 4.03, WebSocket refused at the upgrade), or, for
+  a gateway, as a device its certificate relays for (``pki.relays``).
 - Revocation: serials revoked in ``ingestd.certificates``. A revoked
   certificate is refused when it connects, and connections already open
   with it are closed when the revocation is seen: at once on
@@ -24,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import fnmatch
 import hashlib
+import re
 import ssl
 import time
 from collections.abc import Callable
@@ -53,27 +56,62 @@ RETURNING d.id
 PENDING_S = 120.0  # a device that connects but never writes is not recorded
 
 
+# A gateway's answers per device id are kept, up to this many, so a
+# pattern is matched once per device rather than once per reading
+RELAY_MEMO = 100_000
+
+
 class Peer:
     """The certificate a connection presented, as far as ingestd cares."""
 
-    __slots__ = ("device", "serial", "fingerprint", "not_after")
+    __slots__ = ("device", "serial", "fingerprint", "not_after", "relays", "_memo",
+                 "_match")  # fmt: skip
 
     def __init__(
-        self, device: str | None, serial: str, fingerprint: str, not_after: dt.datetime
+        self,
+        device: str | None,
+        serial: str,
+        fingerprint: str,
+        not_after: dt.datetime,
+        relays: tuple[str, ...] = (),
     ) -> None:
         self.device = device
         self.serial = serial
         self.fingerprint = fingerprint
         self.not_after = not_after
+        self.relays = relays
+        self._memo: dict[str, bool] = {}
+        self._match = (
+            re.compile("|".join(fnmatch.translate(p) for p in relays)).match
+            if relays
+            else None
+        )
 
+    def may_write_as(self, device: str) -> bool:
+        """Whether this certificate may write readings of ``device``."""
+        if device == self.device:
+            return True
+        if self._match is None:
+            return False
+        allowed = self._memo.get(device)
+        if allowed is None:
+            if len(self._memo) >= RELAY_MEMO:
+                self._memo.clear()
+            allowed = self._memo[device] = self._match(device) is not None
+        return allowed
 
-def foreign_device(readings: Any, device: str) -> str | None:
-    """A device other than ``device`` among ``readings``, if any: a payload
-    may not write for others over a connection authenticated as one."""
-    for reading in readings:
-        if reading.device != device:
-            return str(reading.device)
-    return None
+    def stranger(self, readings: Any) -> str | None:
+        """A device among ``readings`` this certificate may not write for
+        (a payload naming other devices), if any."""
+        for reading in readings:
+            if reading.device != self.device and not self.may_write_as(reading.device):
+                return str(reading.device)
+        return None
+
+    def refusal(self, device: str) -> str:
+        """Why this certificate may not write as ``device``."""
+        scope = f" (relays {', '.join(self.relays)})" if self.relays else ""
+        return f"certificate of {self.device!r}{scope} may not write as {device!r}"
 
 
 def peer_of(ssl_object: Any) -> Peer | None:
@@ -87,6 +125,7 @@ def peer_of(ssl_object: Any) -> Peer | None:
         format(cert.serial_number, "x"),
         hashlib.sha256(der).hexdigest(),
         cert.not_valid_after_utc,
+        pki.relays(cert),
     )
 
 

@@ -52,18 +52,20 @@ async def record(
     """Add an issued certificate; return its serial.
 
     For a device this also points the registry row (when the device has
-    one) at the new certificate's fingerprint and expiry.
+    one) at the new certificate's fingerprint and expiry. A gateway's relay
+    patterns are read from the certificate itself.
     """
     serial = serial_hex(cert)
     subject = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     fingerprint = pki.fingerprint(cert)
     await conn.execute(
         "INSERT INTO ingestd.certificates (serial, kind, subject, device_id,"
-        " fingerprint, issuer_serial, not_before, not_after)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        " fingerprint, issuer_serial, not_before, not_after, relays)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         serial, kind, str(subject[0].value) if subject else "", device_id,
         fingerprint, serial_hex(issuer) if issuer is not None else None,
         cert.not_valid_before_utc, cert.not_valid_after_utc,
+        list(pki.relays(cert)) or None,
     )  # fmt: skip
     if kind == "device" and device_id is not None:
         await conn.execute(
@@ -84,6 +86,17 @@ async def live_device_serials(conn: asyncpg.Connection, device_id: str) -> list[
         device_id,
     )
     return [r["serial"] for r in rows]
+
+
+async def relays_of(conn: asyncpg.Connection, device_id: str) -> list[str]:
+    """The relay patterns of ``device_id``'s newest certificate (none for a
+    plain device): what a rotation carries over."""
+    patterns = await conn.fetchval(
+        "SELECT relays FROM ingestd.certificates WHERE kind = 'device'"
+        " AND device_id = $1 ORDER BY issued_at DESC, not_before DESC LIMIT 1",
+        device_id,
+    )
+    return list(patterns or ())
 
 
 async def device_known(conn: asyncpg.Connection, device_id: str) -> bool:
@@ -178,7 +191,7 @@ async def listing(
     ``live``, ``expired`` or ``revoked``."""
     return await conn.fetch(
         "SELECT serial, kind, subject, device_id, not_after, revoked_at,"
-        " revocation_reason,"
+        " revocation_reason, relays,"
         " CASE WHEN revoked_at IS NOT NULL THEN 'revoked'"
         "      WHEN not_after <= now() THEN 'expired' ELSE 'live' END AS status"
         " FROM ingestd.certificates"

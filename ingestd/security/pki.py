@@ -12,6 +12,11 @@ decides what goes into a certificate. The rules it keeps:
   URI ``urn:ingestd:device:<percent-encoded id>``. The SAN URI is what
   :func:`identity` reads; the CN is for people and for Mosquitto's
   ``use_identity_as_username``.
+- A gateway (a LoRaWAN network server, a Zigbee bridge) is a device whose
+  certificate also carries the patterns of the device ids it relays for,
+  one SAN URI ``urn:ingestd:relays:<percent-encoded pattern>`` each
+  (:func:`relays`). The scope is signed with the identity, so it changes
+  only by a new certificate, and a revocation ends both.
 - Devices are issued by the intermediate, never by the root, so the root key
   can stay offline; listeners trust the root and receive the intermediate in
   the chain the device presents (or in their trust bundle).
@@ -36,6 +41,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 DEVICE_URI = "urn:ingestd:device:"
+RELAYS_URI = "urn:ingestd:relays:"
+MAX_PATTERN = 200  # a relay pattern's length, in characters
 DEVICE_DAYS = 397  # the longest TLS leaf lifetime browsers still accept
 SERVER_DAYS = 397
 CA_DAYS = 3650
@@ -152,15 +159,25 @@ def issue_device(
     device_id: str,
     days: float = DEVICE_DAYS,
     not_before: dt.datetime | None = None,
+    relays: Sequence[str] = (),
 ) -> Issued:
     """A client certificate for one device, its id in the CN and a SAN URI.
 
-    ``not_before`` moves the validity window (tests make expired
-    certificates with it); by default it starts now.
+    ``relays``: for a gateway, shell-style patterns (``*``, ``?``, ``[..]``)
+    of the device ids it may also write for. ``not_before`` moves the
+    validity window (tests make expired certificates with it); by default
+    it starts now.
     """
     if not device_id or len(device_id) > 64:
         # X.520 caps a common name at 64 characters (RFC 5280, ub-common-name)
         raise ValueError("a device id for a certificate has 1 to 64 characters")
+    for pattern in relays:
+        if not pattern or len(pattern) > MAX_PATTERN or "\x00" in pattern:
+            raise ValueError(
+                f"a relay pattern has 1 to {MAX_PATTERN} characters and no NUL"
+            )
+    names = [device_uri(device_id)]
+    names += [RELAYS_URI + quote(p, safe="") for p in dict.fromkeys(relays)]
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         _builder(
@@ -175,7 +192,7 @@ def issue_device(
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.UniformResourceIdentifier(device_uri(device_id))]
+                [x509.UniformResourceIdentifier(n) for n in names]
             ),
             False,
         )
@@ -274,6 +291,19 @@ def identity(cert: x509.Certificate) -> str | None:
         if uri.startswith(DEVICE_URI):
             return unquote(uri[len(DEVICE_URI) :])
     return None
+
+
+def relays(cert: x509.Certificate) -> tuple[str, ...]:
+    """The device-id patterns a gateway's certificate may write for; empty
+    for a plain device."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return ()
+    uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
+    return tuple(
+        unquote(u[len(RELAYS_URI) :]) for u in uris if u.startswith(RELAYS_URI)
+    )
 
 
 def identity_from_der(der: bytes) -> tuple[str | None, int]:

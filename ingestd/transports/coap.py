@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import Any
+from typing import Any, Literal
 
 import aiocoap
 import aiocoap.error
@@ -52,7 +52,7 @@ from ..errors import (
 )
 from ..model import Origin
 from ..pipeline.batcher import Batcher
-from ..security.gate import Gate, Peer, foreign_device
+from ..security.gate import Gate, Peer
 
 TRANSPORTS = {"udp": "udp6", "tcp": "tcpserver"}
 
@@ -129,13 +129,17 @@ class Telemetry(aiocoap.resource.Resource, aiocoap.resource.PathCapable):
         if not device or "\x00" in device or len(device) > MAX_NAME:
             return _diagnostic(Code.NOT_FOUND, {"error": "bad device id in path"})
         origin.device = device
-        peer = None
+        peer: Peer | None = None
         if self.gate is not None and scheme == "coaps+tcp":
-            peer = self._admit(request.remote)
-            if peer is False or (peer is not None and peer.device != device):
+            admitted = self._admit(request.remote)
+            if admitted is False:
+                reason = f"certificate revoked; may not write as {device!r}"
+            elif admitted is not None and not admitted.may_write_as(device):
+                reason = admitted.refusal(device)
+            else:
+                peer, reason = admitted, ""
+            if reason:
                 metrics.tls_wrong_identity.labels("coap").inc()
-                who = "revoked" if peer is False else repr(peer.device)  # type: ignore[union-attr]
-                reason = f"certificate of {who} may not write as {device!r}"
                 await self._commit(origin, None, request.payload[:4096], reason)
                 return _diagnostic(Code.FORBIDDEN, {"error": reason})
         if request.code != Code.POST:
@@ -159,11 +163,9 @@ class Telemetry(aiocoap.resource.Resource, aiocoap.resource.PathCapable):
                     f"unsupported Content-Format {fmt}", "content-format"
                 )
             codec.decode(payload, origin, decoded)
-            if peer and (other := foreign_device(decoded.readings, device)):
+            if peer is not None and (other := peer.stranger(decoded.readings)):
                 metrics.tls_wrong_identity.labels("coap").inc()
-                raise Forbidden(
-                    f"certificate of {device!r} may not write for {other!r}"
-                )
+                raise Forbidden(peer.refusal(other))
         except IngestError as exc:
             body = {"error": getattr(exc, "reason", str(exc))}
             if isinstance(exc, DecodeError) and not isinstance(exc, UnsupportedFormat):
@@ -175,7 +177,7 @@ class Telemetry(aiocoap.resource.Resource, aiocoap.resource.PathCapable):
         code = Code.CHANGED if decoded.usable else Code.BAD_REQUEST
         return _diagnostic(code, decoded.answer())
 
-    def _admit(self, remote: Any) -> Peer | None | bool:
+    def _admit(self, remote: Any) -> Peer | None | Literal[False]:
         """The certificate of ``remote``'s connection; False if refused."""
         try:
             return self._peers[remote]

@@ -34,7 +34,6 @@ from ..config import Http
 from ..errors import DecodeError, IngestError
 from ..model import Origin
 from ..pipeline.batcher import Batcher
-from ..security.gate import foreign_device
 from . import websocket
 from .http1 import HttpConnection, Request
 
@@ -84,10 +83,9 @@ class TelemetryEndpoint:
             self._refuse(request, origin, body, 404, "bad device id in path")
             return
         peer = request.conn.identity
-        if peer is not None and peer.device != device:
+        if peer is not None and not peer.may_write_as(device):
             metrics.tls_wrong_identity.labels("http").inc()
-            reason = f"certificate of {peer.device!r} may not write as {device!r}"
-            self._refuse(request, origin, body, 403, reason)
+            self._refuse(request, origin, body, 403, peer.refusal(device))
             return
         if self.batcher.full:
             metrics.pushback.labels("http").inc()
@@ -108,10 +106,9 @@ class TelemetryEndpoint:
         except DecodeError as exc:
             self._refuse(request, origin, body, exc.http_status, str(exc), exc.path)
             return
-        if peer is not None and (other := foreign_device(decoded.readings, device)):
+        if peer is not None and (other := peer.stranger(decoded.readings)):
             metrics.tls_wrong_identity.labels("http").inc()
-            reason = f"certificate of {device!r} may not write for {other!r}"
-            self._refuse(request, origin, body, 403, reason)
+            self._refuse(request, origin, body, 403, peer.refusal(other))
             return
         self.batcher.submit(
             origin, decoded, body, (_answer_decoded, (request, decoded))
@@ -127,12 +124,11 @@ class TelemetryEndpoint:
             return
         device, codec, reply = checked
         peer = conn.identity
-        if peer is not None and peer.device != device:
+        if peer is not None and not peer.may_write_as(device):
             metrics.tls_wrong_identity.labels("websocket").inc()
             conn.keep_alive = False
             conn.requeue(request)
-            reason = f"certificate of {peer.device!r} may not write as {device!r}"
-            request.answer(403, orjson.dumps({"error": reason}))
+            request.answer(403, orjson.dumps({"error": peer.refusal(device)}))
             return
         conn.transport.write(reply)  # type: ignore[union-attr]
         session = websocket.WebSocketSession(

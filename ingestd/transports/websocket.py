@@ -35,7 +35,6 @@ from .. import clock, log, metrics
 from ..codecs.base import MAX_NAME, Codec, Decoded
 from ..errors import Forbidden, IngestError
 from ..model import Origin
-from ..security.gate import foreign_device
 
 if TYPE_CHECKING:
     from ..pipeline.batcher import Batcher
@@ -165,13 +164,10 @@ class WebSocketSession(asyncio.Protocol):
         decoded = Decoded()
         try:
             self.codec.decode(payload, origin, decoded)
-            if self.http.identity and (
-                other := foreign_device(decoded.readings, self.device)
-            ):
+            peer = self.http.identity
+            if peer is not None and (other := peer.stranger(decoded.readings)):
                 metrics.tls_wrong_identity.labels("websocket").inc()
-                raise Forbidden(
-                    f"certificate of {self.device!r} may not write for {other!r}"
-                )
+                raise Forbidden(peer.refusal(other))
         except IngestError as exc:
             error = {"ack": seq, "error": getattr(exc, "reason", str(exc))}
             if hasattr(exc, "path"):
