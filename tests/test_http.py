@@ -142,6 +142,7 @@ async def test_http_oversize_body_is_413_and_kept(deployment: Deployment) -> Non
         ("POST", "/nowhere", 404),
         ("GET", path("h-get"), 405),
         ("POST", "/v1/devices/a%00b/telemetry", 404),
+        ("POST", "/v1/devices/hall/lamp/telemetry", 404),  # hall%2Flamp is one id
     ],
 )
 async def test_http_unknown_route_or_method(
@@ -151,6 +152,23 @@ async def test_http_unknown_route_or_method(
     got, _, answer = await client.post(url, b'{"t": 1}', method=method)
     await client.close()
     assert got == status and answer["error"]
+
+
+async def test_http_device_id_with_a_slash_is_percent_encoded(
+    deployment: Deployment,
+) -> None:
+    # Ids with "/" come from MQTT routes (zb/{device...}); HTTP takes them as
+    # %2F, so the same device can be written over either
+    client = await RawHttp.open(deployment.server.http_port)
+    status, _, answer = await client.post(
+        "/v1/devices/h-hall%2Flamp/telemetry", b'{"ts": 1700000000000, "on": true}'
+    )
+    await client.close()
+    assert (status, answer) == (202, {"stored": 1})
+    stored = await deployment.fetch(
+        "SELECT device_id FROM ingestd.readings WHERE device_id LIKE 'h-hall%'"
+    )
+    assert [r["device_id"] for r in stored] == ["h-hall/lamp"]
 
 
 async def test_http_malformed_request_line_gets_400(deployment: Deployment) -> None:

@@ -58,6 +58,20 @@ async def test_websocket_senml_format(deployment: Deployment) -> None:
     assert answer == {"ack": 1, "stored": 1}
 
 
+async def test_websocket_device_id_with_a_slash(deployment: Deployment) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(url(deployment, "device=ws-hall%2Flamp")) as ws,
+    ):
+        await ws.send_str('{"on": true}')
+        answer = orjson.loads((await ws.receive(timeout=10)).data)
+    assert answer == {"ack": 1, "stored": 1}
+    stored = await deployment.fetchval(
+        "SELECT count(*) FROM ingestd.readings WHERE device_id = 'ws-hall/lamp'"
+    )
+    assert stored == 1
+
+
 @pytest.mark.parametrize(
     ("query", "status"),
     [("", 400), ("device=a&format=xml", 415), ("device=a%00b", 400)],

@@ -172,7 +172,9 @@ class TelemetryEndpoint:
 
 def _device_in(url: bytes) -> str:
     """The device a telemetry path names, or "" if it names none usable
-    (not UTF-8 once percent-decoded, a ``/``, NUL, over the name limit)."""
+    (a second path segment, not UTF-8 once percent-decoded, NUL, over the
+    name limit). A ``/`` in an id is sent as ``%2F``: ``hall/lamp`` (an id
+    an MQTT route may capture) is ``/v1/devices/hall%2Flamp/telemetry``."""
     if not (url.startswith(PREFIX) and url.endswith(SUFFIX)):
         return ""
     try:
@@ -180,7 +182,7 @@ def _device_in(url: bytes) -> str:
         device = unquote(raw_id, errors="strict")
     except UnicodeDecodeError:
         return ""
-    if "/" in device or "\x00" in device or len(device) > MAX_NAME:
+    if "/" in raw_id or "\x00" in device or len(device) > MAX_NAME:
         return ""
     return device
 

@@ -59,7 +59,7 @@ def handshake(
         return 426, b'{"error": "WebSocket version 13 only"}'
     params = parse_qs(query.decode("utf-8", "replace"))
     device = (params.get("device") or [""])[0]
-    if not device or "\x00" in device or "/" in device or len(device) > MAX_NAME:
+    if not device or "\x00" in device or len(device) > MAX_NAME:
         return 400, b'{"error": "name the device: /v1/ws?device=<id>"}'
     media = FORMATS.get((params.get("format") or ["json"])[0])
     codec = codecs.get(media or "")
