@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     # is unset (containers, CI); it falls back to /tmp and nothing is wrong
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
     try:
-        cfg = config_mod.load(args.config)
+        # certs makes the certificate files the configuration may name
+        cfg = config_mod.load(args.config, files=args.command != "certs")
     except ConfigError as exc:
         print(f"ingestd: configuration error: {exc}", file=sys.stderr)
         return 2

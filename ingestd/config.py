@@ -231,11 +231,13 @@ class Config(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
-def load(path: str | os.PathLike[str] | None) -> Config:
+def load(path: str | os.PathLike[str] | None, files: bool = True) -> Config:
     """Read and validate a TOML file; ``None`` gives the defaults.
 
     Errors name the file and, where it can be found, the line:
     ``ingestd.toml:12: Invalid enum value 'xml' - at `mqtt.routes[0].codec```.
+    Without ``files`` the certificate and key files it names need not exist
+    yet: ``ingestd certs`` is what makes them.
     """
     if path is None:
         return Config()
@@ -250,7 +252,7 @@ def load(path: str | os.PathLike[str] | None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     try:
-        return parse(raw, str(path))
+        return parse(raw, str(path), files)
     except ConfigError as exc:
         where = re.search(r"at `([^`]+)`|: ([\w.\[\]]+): ", str(exc))
         line = locate(text, where.group(1) or where.group(2)) if where else None
@@ -261,8 +263,8 @@ def load(path: str | os.PathLike[str] | None) -> Config:
         raise ConfigError(f"{name}:{line}: {message}") from None
 
 
-def parse(raw: dict[str, object], name: str = "config") -> Config:
-    """Validate an already-parsed TOML document."""
+def parse(raw: dict[str, object], name: str = "config", files: bool = True) -> Config:
+    """Validate an already-parsed TOML document (``files``: see ``load``)."""
     try:
         config = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
@@ -271,7 +273,7 @@ def parse(raw: dict[str, object], name: str = "config") -> Config:
         if "`mappings[...]" in message:
             message = _name_mapping(raw, message)
         raise ConfigError(f"{name}: {message}") from None
-    _check(config, name)
+    _check(config, name, files)
     return config
 
 
@@ -337,7 +339,7 @@ def _toml_path(message: str) -> str:
     return message.replace("`$.", "`").replace("`$", "`")
 
 
-def _check(config: Config, name: str) -> None:
+def _check(config: Config, name: str, files: bool = True) -> None:
     p = config.pipeline
     if p.flush_rows < 1 or p.ring_capacity < p.flush_rows:
         raise ConfigError(
@@ -363,8 +365,8 @@ def _check(config: Config, name: str) -> None:
             f"{name}: coap.transports: 'tls' needs coap.certificate and "
             "coap.private_key, or security.certificate"
         )
-    _check_security(config, name)
-    _check_mqtt_tls(config.mqtt, name)
+    _check_security(config, name, files)
+    _check_mqtt_tls(config.mqtt, name, files)
     for type_name, device_type in config.mappings.items():
         problem = mapping.check(device_type)
         if problem:
@@ -391,7 +393,7 @@ def _check(config: Config, name: str) -> None:
         raise ConfigError(f"{name}: database.pool_size must be at least 2")
 
 
-def _check_security(config: Config, name: str) -> None:
+def _check_security(config: Config, name: str, files: bool) -> None:
     s = config.security
     if bool(s.certificate) != bool(s.private_key):
         raise ConfigError(
@@ -404,22 +406,22 @@ def _check_security(config: Config, name: str) -> None:
         )
     for field in ("certificate", "private_key", "client_ca"):
         path = getattr(s, field)
-        if path and not Path(path).expanduser().is_file():
+        if files and path and not Path(path).expanduser().is_file():
             raise ConfigError(f"{name}: security.{field}: no file {path!r}")
     if s.revocation_poll_s <= 0 or s.handshake_timeout_s <= 0:
         raise ConfigError(f"{name}: security timeouts must be positive")
 
 
-def _check_mqtt_tls(m: Mqtt, name: str) -> None:
+def _check_mqtt_tls(m: Mqtt, name: str, files: bool) -> None:
     if bool(m.certificate) != bool(m.private_key):
         raise ConfigError(f"{name}: mqtt.certificate and mqtt.private_key go together")
     if (m.certificate or m.ca_file) and not m.tls:
         raise ConfigError(f"{name}: mqtt.ca_file and mqtt.certificate need mqtt.tls")
     for field in ("ca_file", "certificate", "private_key"):
         path = getattr(m, field)
-        if path and not Path(path).expanduser().is_file():
+        if files and path and not Path(path).expanduser().is_file():
             raise ConfigError(f"{name}: mqtt.{field}: no file {path!r}")
-    if m.tls and m.certificate:
+    if files and m.tls and m.certificate:
         try:  # a key that does not fit the certificate: say so now
             ssl.create_default_context().load_cert_chain(m.certificate, m.private_key)
         except (ssl.SSLError, OSError) as exc:

@@ -94,22 +94,24 @@ codec = "ttn"
 """
 
 
-def ttn_uplink(device_id: str) -> bytes:
-    """A The Things Stack v3 uplink naming ``device_id`` in its payload."""
+def ttn_uplink(
+    device_id: str, dev_eui: str = "70B3D57ED0000A01", decoded: bool = True
+) -> bytes:
+    """A The Things Stack v3 uplink naming ``device_id`` in its payload;
+    without ``decoded`` it carries no reading, only the device's DevEUI."""
     now = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+    uplink: dict[str, object] = {"f_port": 1, "received_at": now}
+    if decoded:
+        uplink["decoded_payload"] = {"temperature": 4.5}
     return orjson.dumps(
         {
             "end_device_ids": {
                 "device_id": device_id,
                 "application_ids": {"application_id": "fleet"},
-                "dev_eui": "70B3D57ED0000A01",
+                "dev_eui": dev_eui,
             },
             "received_at": now,
-            "uplink_message": {
-                "f_port": 1,
-                "decoded_payload": {"temperature": 4.5},
-                "received_at": now,
-            },
+            "uplink_message": uplink,
         }
     )
 
@@ -309,7 +311,7 @@ async def test_mtls_gateway_writes_for_the_devices_its_certificate_relays_for(
         await post(reader, writer, "pump-33", reading(1_700_000_000_000)),
     ]
     writer.close()
-    scope = "certificate of 'lns-1' (relays field-*, pump-[0-9]) may not write as"
+    scope = "certificate of 'lns-1' (relays 'field-*', 'pump-[0-9]') may not write as"
     assert answers == [
         (202, {"stored": 1}),
         (202, {"stored": 1}),
@@ -397,6 +399,53 @@ async def test_mtls_websocket_upgrade_as_another_device_is_403(secure: Secure) -
     line = await asyncio.wait_for(reader.readline(), 10)
     writer.close()
     assert line.startswith(b"HTTP/1.1 403")
+    letters = await secure.d.fetch(
+        "SELECT transport, device_id, reason FROM ingestd.dead_letters"
+        " WHERE device_id = 'press-2'"
+    )
+    assert [tuple(r) for r in letters] == [
+        ("websocket", "press-2", "certificate of 'press-1' may not write as 'press-2'")
+    ]
+
+
+async def test_mtls_aliases_lead_no_payload_to_a_device_out_of_scope(
+    secure: Secure,
+) -> None:
+    """A DevEUI is an identity too: once the alias table maps it to a
+    device, naming it writes as that device, so the scope covers it."""
+    ttn = "application/x-ttn+json"
+    cert, key, issued = secure.ca.device("lns-2", relays=("eui-*",))
+    await secure.record(issued, "lns-2")
+    gw_reader, gw_writer = await open_https(secure, cert, key)
+    # the gateway's uplink records the alias 70B3D57ED00000AA -> eui-real
+    first = await post(gw_reader, gw_writer, "lns-2",
+                       ttn_uplink("eui-real", "70B3D57ED00000AA"), ttn)  # fmt: skip
+    # a device naming that DevEUI would be stored as eui-real
+    cert2, key2, _ = secure.ca.device("plain-5")
+    reader, writer = await open_https(secure, cert2, key2)
+    claimed = await post(reader, writer, "plain-5",
+                         ttn_uplink("plain-5", "70B3D57ED00000AA"), ttn)  # fmt: skip
+    writer.close()
+    # an uplink with no reading still claims its DevEUI for the device named
+    aliased = await post(gw_reader, gw_writer, "lns-2",
+                         ttn_uplink("victim-1", "AAAAAAAAAAAAAAAA", False), ttn)  # fmt: skip
+    gw_writer.close()
+    assert (first, claimed, aliased) == (
+        (202, {"stored": 1}),
+        (403, {"error": "certificate of 'plain-5' may not write as 'eui-real'"}),
+        (403, {"error": "certificate of 'lns-2' (relays 'eui-*') may not write as "
+                        "'victim-1'"}),
+    )  # fmt: skip
+    stored = await secure.d.fetch(
+        "SELECT device_id FROM ingestd.readings"
+        " WHERE device_id IN ('eui-real', 'plain-5', 'victim-1')"
+    )
+    assert [r["device_id"] for r in stored] == ["eui-real"]
+    aliases = await secure.d.fetch(
+        "SELECT external_id, device_id FROM ingestd.device_aliases"
+        " WHERE external_id IN ('70b3d57ed00000aa', 'aaaaaaaaaaaaaaaa')"
+    )
+    assert [tuple(r) for r in aliases] == [("70b3d57ed00000aa", "eui-real")]
 
 
 # -- CoAP over TLS --------------------------------------------------------------

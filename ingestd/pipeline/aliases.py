@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncpg
 
+from ..codecs.base import Decoded
 from ..model import Reading
 
 LOAD = "SELECT namespace, external_id, device_id FROM ingestd.device_aliases"
@@ -23,6 +24,23 @@ class Aliases:
     async def refresh(self, conn: asyncpg.Connection) -> None:
         table = {(ns, ext): dev for ns, ext, dev in await conn.fetch(LOAD)}
         self._table = table
+
+    def written_for(self, decoded: Decoded) -> set[str]:
+        """Every device ``decoded`` would write for, as it would be stored:
+        its readings' devices, each device its aliases name or the table
+        points them at (a reading may be stored under the latter), and the
+        devices whose firmware or presence it reports. What an
+        authenticated sender's scope is checked against."""
+        names = {r.device for r in decoded.readings}
+        table = self._table
+        for namespace, external, named in decoded.aliases:
+            names.add(named)
+            target = table.get((namespace, external))
+            if target is not None:
+                names.add(target)
+        names.update(decoded.firmware)
+        names.update(decoded.offline)
+        return names
 
     def canonical(
         self, aliases: list[tuple[str, str, str]], readings: list[Reading]

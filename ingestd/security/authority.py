@@ -189,6 +189,11 @@ class Authority:
         relays: Sequence[str] = (),
     ) -> pki.Issued:
         days = self.validity(days, pki.DEVICE_DAYS)
+        for pattern in relays:
+            try:
+                pki.check_relay(pattern)
+            except ValueError as exc:
+                raise PkiError(f"--relay {pattern[:80]!r}: {exc}") from None
         try:
             issued = pki.issue_device(self.issuing, device_id, days, relays=relays)
         except ValueError as exc:
@@ -212,7 +217,8 @@ class Authority:
         print(f"  server trust {folder / 'ca.pem'}  (the root)")
         print(f"  expires      {when(issued.cert.not_valid_after_utc)}")
         if relays := pki.relays(issued.cert):
-            print(f"  relays for   {', '.join(relays)}  (device ids it may write for)")
+            shown = ", ".join(map(repr, relays))
+            print(f"  relays for   {shown}  (device ids it may write for)")
 
     async def _refuse_shared_cn(
         self, conn: asyncpg.Connection, name: str, kind: inventory.Kind
@@ -357,7 +363,7 @@ class Authority:
                 status = f"revoked {when(r['revoked_at'])} ({r['revocation_reason']})"
             subject = r["subject"]
             if r["relays"]:
-                subject += f" (relays {', '.join(r['relays'])})"
+                subject += f" (relays {', '.join(map(repr, r['relays']))})"
             table.append(
                 (r["serial"], r["kind"], subject, when(r["not_after"]), status)
             )

@@ -30,7 +30,7 @@ import hashlib
 import re
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import asyncpg
@@ -100,17 +100,17 @@ class Peer:
             allowed = self._memo[device] = self._match(device) is not None
         return allowed
 
-    def stranger(self, readings: Any) -> str | None:
-        """A device among ``readings`` this certificate may not write for
-        (a payload naming other devices), if any."""
-        for reading in readings:
-            if reading.device != self.device and not self.may_write_as(reading.device):
-                return str(reading.device)
+    def stranger(self, devices: Iterable[str]) -> str | None:
+        """One of ``devices`` this certificate may not write for, if any: a
+        payload names the devices it writes for (``Aliases.written_for``)."""
+        for device in devices:
+            if not self.may_write_as(device):
+                return device
         return None
 
     def refusal(self, device: str) -> str:
         """Why this certificate may not write as ``device``."""
-        scope = f" (relays {', '.join(self.relays)})" if self.relays else ""
+        scope = f" (relays {', '.join(map(repr, self.relays))})" if self.relays else ""
         return f"certificate of {self.device!r}{scope} may not write as {device!r}"
 
 

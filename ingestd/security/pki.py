@@ -31,6 +31,7 @@ import hashlib
 import ipaddress
 import os
 import secrets
+import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -154,6 +155,16 @@ def device_uri(device_id: str) -> str:
     return DEVICE_URI + quote(device_id, safe="")
 
 
+def check_relay(pattern: str) -> None:
+    """Raise ``ValueError`` unless ``pattern`` can be a relay pattern: 1 to
+    ``MAX_PATTERN`` characters, none of them a control character (a newline
+    in a pattern would forge lines in ``ingestd certs list``)."""
+    if not pattern or len(pattern) > MAX_PATTERN:
+        raise ValueError(f"a relay pattern has 1 to {MAX_PATTERN} characters")
+    if any(unicodedata.category(c) == "Cc" for c in pattern):
+        raise ValueError("a relay pattern has no control characters")
+
+
 def issue_device(
     ca: Issued,
     device_id: str,
@@ -171,11 +182,10 @@ def issue_device(
     if not device_id or len(device_id) > 64:
         # X.520 caps a common name at 64 characters (RFC 5280, ub-common-name)
         raise ValueError("a device id for a certificate has 1 to 64 characters")
+    if any(unicodedata.category(c) == "Cc" for c in device_id):
+        raise ValueError("a device id for a certificate has no control characters")
     for pattern in relays:
-        if not pattern or len(pattern) > MAX_PATTERN or "\x00" in pattern:
-            raise ValueError(
-                f"a relay pattern has 1 to {MAX_PATTERN} characters and no NUL"
-            )
+        check_relay(pattern)
     names = [device_uri(device_id)]
     names += [RELAYS_URI + quote(p, safe="") for p in dict.fromkeys(relays)]
     key = ec.generate_private_key(ec.SECP256R1())

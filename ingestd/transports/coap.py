@@ -163,7 +163,9 @@ class Telemetry(aiocoap.resource.Resource, aiocoap.resource.PathCapable):
                     f"unsupported Content-Format {fmt}", "content-format"
                 )
             codec.decode(payload, origin, decoded)
-            if peer is not None and (other := peer.stranger(decoded.readings)):
+            if peer is not None and (
+                other := peer.stranger(self.batcher.aliases.written_for(decoded))
+            ):
                 metrics.tls_wrong_identity.labels("coap").inc()
                 raise Forbidden(peer.refusal(other))
         except IngestError as exc:

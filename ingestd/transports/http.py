@@ -106,7 +106,9 @@ class TelemetryEndpoint:
         except DecodeError as exc:
             self._refuse(request, origin, body, exc.http_status, str(exc), exc.path)
             return
-        if peer is not None and (other := peer.stranger(decoded.readings)):
+        if peer is not None and (
+            other := peer.stranger(self.batcher.aliases.written_for(decoded))
+        ):
             metrics.tls_wrong_identity.labels("http").inc()
             self._refuse(request, origin, body, 403, peer.refusal(other))
             return
@@ -128,7 +130,9 @@ class TelemetryEndpoint:
             metrics.tls_wrong_identity.labels("websocket").inc()
             conn.keep_alive = False
             conn.requeue(request)
-            request.answer(403, orjson.dumps({"error": peer.refusal(device)}))
+            origin = Origin(device, "websocket", clock.now_us(),
+                            _source(request.peer, request.url))  # fmt: skip
+            self._refuse(request, origin, b"", 403, peer.refusal(device))
             return
         conn.transport.write(reply)  # type: ignore[union-attr]
         session = websocket.WebSocketSession(

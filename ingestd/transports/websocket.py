@@ -165,7 +165,9 @@ class WebSocketSession(asyncio.Protocol):
         try:
             self.codec.decode(payload, origin, decoded)
             peer = self.http.identity
-            if peer is not None and (other := peer.stranger(decoded.readings)):
+            if peer is not None and (
+                other := peer.stranger(self.batcher.aliases.written_for(decoded))
+            ):
                 metrics.tls_wrong_identity.labels("websocket").inc()
                 raise Forbidden(peer.refusal(other))
         except IngestError as exc:

@@ -1,0 +1,94 @@
+"""Which devices a message writes for, and whether a certificate may.
+
+The end-to-end cases (HTTPS, WSS, CoAP over TLS, aliases recorded by a
+gateway) are in ``test_mtls.py``; these pin the parts a transport cannot
+reach on its own, such as firmware and presence reported for other devices.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from ingestd.codecs.base import Decoded
+from ingestd.model import Reading
+from ingestd.pipeline.aliases import Aliases
+from ingestd.security.gate import Peer
+
+LATER = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+
+
+def peer(device: str, *relays: str) -> Peer:
+    return Peer(device, "1f", "00" * 32, LATER, relays)
+
+
+def message(*devices: str) -> Decoded:
+    decoded = Decoded()
+    for name in devices:
+        decoded.readings.append(Reading(name, "t", 1, 1.0))
+    return decoded
+
+
+def test_written_for_names_readings_aliases_firmware_and_presence() -> None:
+    aliases = Aliases()
+    aliases._table[("lorawan", "70b3d57ed0000a01")] = "tracker-0042"
+    decoded = message("field-1")
+    decoded.aliases.append(("lorawan", "70b3d57ed0000a01", "field-1"))
+    decoded.aliases.append(("lorawan", "aaaaaaaaaaaaaaaa", "field-2"))
+    decoded.firmware["yard-3"] = "6.6.6"
+    decoded.offline.append("yard-4")
+    assert aliases.written_for(decoded) == {
+        "field-1", "tracker-0042", "field-2", "yard-3", "yard-4",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("report", "refused"),
+    [
+        ("firmware", "yard-3"),
+        ("offline", "yard-3"),
+        ("nothing", None),
+    ],
+)
+def test_a_gateway_reports_no_firmware_or_presence_out_of_scope(
+    report: str, refused: str | None
+) -> None:
+    decoded = message("field-1", "lns-1")
+    if report == "firmware":
+        decoded.firmware["yard-3"] = "6.6.6-evil"
+    elif report == "offline":
+        decoded.offline.append("yard-3")
+    gateway = peer("lns-1", "field-*")
+    assert gateway.stranger(Aliases().written_for(decoded)) == refused
+
+
+def test_a_device_certificate_writes_only_as_itself() -> None:
+    device = peer("truck-8")
+    assert device.may_write_as("truck-8")
+    assert not device.may_write_as("truck-9")
+    assert not device.may_write_as("truck-*")
+    assert device.refusal("truck-9") == (
+        "certificate of 'truck-8' may not write as 'truck-9'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("device", "allowed"),
+    [
+        ("pump-3", True),
+        ("pump-33", False),
+        ("pump-٥", False),  # an Arabic-Indic digit is not in [0-9]
+        ("field-", True),
+        ("field-a/b", True),  # "*" takes any characters, "/" too
+        ("Field-1", False),  # case matters
+        ("100%", True),
+        ("100", False),
+    ],
+)
+def test_relay_patterns_are_shell_style_and_case_sensitive(
+    device: str, allowed: bool
+) -> None:
+    gateway = peer("lns-1", "field-*", "pump-[0-9]", "100%")
+    assert gateway.may_write_as(device) is allowed
+    assert gateway.may_write_as(device) is allowed  # and again, remembered
