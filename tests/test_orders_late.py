@@ -29,10 +29,13 @@ T0 = 1_714_579_200  # 2024-05-01T16:00:00Z
 
 SETUP = """
 INSERT INTO oms.orders (id, kind, product) VALUES
-    ('PO-7', 'production', 'pump shaft'), ('PO-8', 'production', 'pump shaft');
+    ('PO-7', 'production', 'pump shaft'), ('PO-8', 'production', 'pump shaft'),
+    ('PO-9', 'production', 'pump shaft'), ('PO-10', 'production', 'pump shaft');
 INSERT INTO oms.device_bindings (device_id, kind, order_id, valid_from, valid_to)
 VALUES ('mach-1', 'production', 'PO-7', '-infinity', 'infinity'),
-       ('mach-2', 'production', 'PO-8', '-infinity', 'infinity');
+       ('mach-2', 'production', 'PO-8', '-infinity', 'infinity'),
+       ('mach-3', 'production', 'PO-9', '-infinity', 'infinity'),
+       ('mach-4', 'production', 'PO-10', '-infinity', 'infinity');
 INSERT INTO ingestd.rules
     (id, metric, op, threshold, kind, rule_type, action, params, product) VALUES
     ('vibration', 'vibration', '>', 7.1, 'bearing_vibration', 'threshold',
@@ -79,6 +82,8 @@ TABLES = {
     # device -> (metric, value, interval table, its start, its end)
     "mach-1": ("vibration", _vibration, "service_tickets", "opened_at", "closed_at"),
     "mach-2": ("state", _state, "downtime", "started_at", "ended_at"),
+    "mach-3": ("vibration", _vibration, "service_tickets", "opened_at", "closed_at"),
+    "mach-4": ("state", _state, "downtime", "started_at", "ended_at"),
 }
 
 
@@ -179,3 +184,73 @@ async def test_orders_late_downtime_one_reading_per_message(
     deployment: Deployment,
 ) -> None:
     await _check(deployment, "mach-2", "downtime_started", "downtime_ended")
+
+
+# An incident the live readings show open from 3500, then a backlog that
+# shows it began at 3440: one incident, from 3440, closed at 3550
+EARLY_LIVE = [3500, 3510, 3520, 3530]
+EARLY_BACKLOG = [3440, 3450, 3460, 3470, 3480, 3490]
+EARLY_BAD = {*EARLY_LIVE, *EARLY_BACKLOG}
+
+
+async def _check_earlier_start(
+    d: Deployment, device: str, opened: str, closed: str
+) -> None:
+    metric, value, table, start, end = TABLES[device]
+
+    def reading(t: int) -> dict[str, Any]:
+        bad = value(next(iter(BAD_AT)))  # a BAD value of this metric
+        good = value(LIVE[0])
+        return {"ts": (T0 + t) * 1000, metric: bad if t in EARLY_BAD else good}
+
+    await _post(d, device, [reading(t) for t in EARLY_LIVE])
+    await _count(d, f"SELECT count(*) FROM ingestd.{table} WHERE device_id = "
+                 f"'{device}'", 1)  # fmt: skip
+    assert await _intervals(d, device) == [(3500, None)]
+    await _post(d, device, [reading(t) for t in EARLY_BACKLOG])
+
+    async def moved() -> bool | None:
+        return True if await _intervals(d, device) == [(3440, None)] else None
+
+    assert await wait_for(moved, timeout=10), await _intervals(d, device)
+    await _post(d, device, reading(3550))  # normal again: it closes
+
+    async def closed_now() -> bool | None:
+        return True if await _intervals(d, device) == [(3440, 3550)] else None
+
+    assert await wait_for(closed_now, timeout=10), await _intervals(d, device)
+    rows = await _outbox(d, device)
+    refs = {ref for *_rest, ref in rows}
+    assert len(refs) == 1, rows  # one ticket or interval throughout
+    assert [(kind, at.timestamp() - T0) for _id, kind, _k, at, _f, _r in rows] == [
+        (opened, 3500), (opened, 3440), (closed, 3550),
+    ]  # fmt: skip
+    revised = orjson.loads(
+        await d.fetchval(
+            "SELECT payload FROM ingestd.order_updates WHERE id = $1", rows[1][0]
+        )
+    )
+    assert revised["revised_from"] == (T0 + 3500) * 10**6, revised
+
+    # Delivered again: nothing new
+    await _post(d, device, [reading(t) for t in EARLY_BACKLOG])
+    await _post(d, device, [reading(t) for t in EARLY_LIVE])
+    await asyncio.sleep(1.0)
+    assert await _intervals(d, device) == [(3440, 3550)]
+    assert await _outbox(d, device) == rows
+
+
+async def test_orders_late_ticket_found_to_begin_earlier(
+    deployment: Deployment,
+) -> None:
+    await _check_earlier_start(
+        deployment, "mach-3", "service_ticket_opened", "service_ticket_closed"
+    )
+
+
+async def test_orders_late_downtime_found_to_begin_earlier(
+    deployment: Deployment,
+) -> None:
+    await _check_earlier_start(
+        deployment, "mach-4", "downtime_started", "downtime_ended"
+    )

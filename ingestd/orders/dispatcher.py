@@ -20,7 +20,9 @@ A close found at the next reading known then (a device's live readings came
 first) is revised when a backlog brings an earlier normal reading: the
 rebuilt state closes the incident there, under the same key, and the
 database moves the close (see ``effects``). So incidents found one late
-reading at a time end where the readings say and do not overlap. A
+reading at a time end where the readings say and do not overlap. Likewise
+an open ticket or downtime found to have begun earlier (the backlog came
+after the live readings) takes the earlier start and the rebuilt key. A
 duplicate reading (redelivery, the catch-up's margin) is recognised and
 skipped without that.
 

@@ -15,6 +15,12 @@ an incident written open before. A close by key that finds the row closed
 at another time (late readings filled the gap before the close written
 first) revises it, and its outbox row then gets a key of its own naming
 both closes, written only by the transaction that moved the close.
+
+An incident found to have begun earlier than the open row says (a backlog
+of earlier readings arrives after the live ones) is the same incident: the
+open row whose start falls within the rebuilt one takes the rebuilt key and
+start, so one ticket or interval runs throughout and its close finds it by
+key. The outbox row of the earlier start says which start it replaces.
 """
 
 from __future__ import annotations
@@ -42,6 +48,24 @@ WHERE t.effect_key = u.key AND old.id = t.id
 RETURNING t.effect_key, old.closed_at AS before, t.closed_at AS after
 """
 
+# The open row of the same rule, order and device that began within a
+# rebuilt incident (from ``opened`` until ``closed``, or on) is that incident
+# found late from its start: it takes the rebuilt key and start. Not when a
+# row has the rebuilt key already (that would break the key's uniqueness).
+SUBSUME_TICKETS = """
+UPDATE ingestd.service_tickets t
+SET effect_key = u.key, opened_at = u.opened
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+            $6::timestamptz[]) AS u(key, order_id, device_id, rule_id, opened, closed),
+     ingestd.service_tickets old
+WHERE old.id = t.id AND t.closed_at IS NULL AND t.effect_key <> u.key
+  AND t.rule_id = u.rule_id AND t.order_id = u.order_id
+  AND t.device_id = u.device_id
+  AND t.opened_at >= u.opened AND (u.closed IS NULL OR t.opened_at < u.closed)
+  AND NOT EXISTS (SELECT FROM ingestd.service_tickets k WHERE k.effect_key = u.key)
+RETURNING t.effect_key, old.opened_at AS before, t.opened_at AS after
+"""
+
 OPEN_TICKETS = """
 INSERT INTO ingestd.service_tickets
     (effect_key, kind, order_id, device_id, rule_id, reason, opened_at,
@@ -59,6 +83,20 @@ FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS u(key, at, dete
      ingestd.downtime old
 WHERE d.effect_key = u.key AND old.id = d.id AND d.ended_at IS DISTINCT FROM u.at
 RETURNING d.effect_key, old.ended_at AS before, d.ended_at AS after
+"""
+
+SUBSUME_DOWNTIME = """
+UPDATE ingestd.downtime d
+SET effect_key = u.key, started_at = u.started
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+            $6::timestamptz[]) AS u(key, order_id, device_id, rule_id, started, ended),
+     ingestd.downtime old
+WHERE old.id = d.id AND d.ended_at IS NULL AND d.effect_key <> u.key
+  AND d.rule_id = u.rule_id AND d.order_id = u.order_id
+  AND d.device_id = u.device_id
+  AND d.started_at >= u.started AND (u.ended IS NULL OR d.started_at < u.ended)
+  AND NOT EXISTS (SELECT FROM ingestd.downtime k WHERE k.effect_key = u.key)
+RETURNING d.effect_key, old.started_at AS before, d.started_at AS after
 """
 
 START_DOWNTIME = """
@@ -119,6 +157,7 @@ class Effects:
         self.downtime: dict[str, list[Any]] = {}
         self.downtime_ends: dict[str, tuple[str, datetime, datetime]] = {}
         self.closing: dict[str, int] = {}  # ticket/downtime key -> its close row
+        self.opening: dict[str, int] = {}  # ticket/downtime key -> its open row
         self.stock: list[tuple[Any, ...]] = []
 
     def __bool__(self) -> bool:
@@ -153,6 +192,8 @@ class Effects:
                 self.outbox[at] = row
                 return
             self.closing[ref] = len(self.outbox)
+        elif ref is not None:
+            self.opening.setdefault(ref, len(self.outbox))
         self.outbox.append(row)
 
     def open_ticket(
@@ -196,6 +237,17 @@ class Effects:
         """Write everything in one transaction; returns the outbox rows added."""
         ids: list[int] = []
         async with conn.transaction():
+            # Before the closes by key: a subsumed row closes under its new key
+            if self.tickets:
+                found = [
+                    (r[0], r[2], r[3], r[4], r[6], r[8]) for r in self.tickets.values()
+                ]
+                self._restarted(await conn.fetch(SUBSUME_TICKETS, *_columns(found)))
+            if self.downtime:
+                found = [
+                    (r[0], r[1], r[2], r[3], r[5], r[7]) for r in self.downtime.values()
+                ]
+                self._restarted(await conn.fetch(SUBSUME_DOWNTIME, *_columns(found)))
             if self.ticket_closes:
                 closes = _columns(self.ticket_closes.values())
                 self._revised(await conn.fetch(CLOSE_TICKETS, *closes))
@@ -218,6 +270,20 @@ class Effects:
                     "SELECT pg_notify('ingestd_order_updates', $1)", str(max(ids))
                 )
         return len(ids)
+
+    def _restarted(self, rows: list[asyncpg.Record]) -> None:
+        """Open rows that took an earlier start: the outbox row reporting
+        that start names the one it replaces (``revised_from``). Its key is
+        the rebuilt incident's own, so it is written once."""
+        for key, before, after in rows:
+            at = self.opening.get(key)
+            if at is None or before == after:
+                continue
+            row = list(self.outbox[at])
+            payload = orjson.loads(row[2])
+            payload["revised_from"] = _us(before)
+            row[2] = orjson.dumps(payload).decode()
+            self.outbox[at] = tuple(row)
 
     def _revised(self, rows: list[asyncpg.Record]) -> None:
         """Closes that replaced another: their outbox row says so, keyed anew.
