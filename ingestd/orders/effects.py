@@ -48,23 +48,29 @@ WHERE t.effect_key = u.key AND old.id = t.id
 RETURNING t.effect_key, old.closed_at AS before, t.closed_at AS after
 """
 
+
 # The open row of the same rule, order and device that began within a
-# rebuilt incident (from ``opened`` until ``closed``, or on) is that incident
+# rebuilt incident (from its start until its end, or on) is that incident
 # found late from its start: it takes the rebuilt key and start. Not when a
 # row has the rebuilt key already (that would break the key's uniqueness).
-SUBSUME_TICKETS = """
-UPDATE ingestd.service_tickets t
-SET effect_key = u.key, opened_at = u.opened
+def _subsume(table: str, start: str, end: str) -> str:
+    return f"""
+UPDATE ingestd.{table} t
+SET effect_key = u.key, {start} = u.start
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-            $6::timestamptz[]) AS u(key, order_id, device_id, rule_id, opened, closed),
-     ingestd.service_tickets old
-WHERE old.id = t.id AND t.closed_at IS NULL AND t.effect_key <> u.key
+            $6::timestamptz[]) AS u(key, order_id, device_id, rule_id, start, stop),
+     ingestd.{table} old
+WHERE old.id = t.id AND t.{end} IS NULL AND t.effect_key <> u.key
   AND t.rule_id = u.rule_id AND t.order_id = u.order_id
   AND t.device_id = u.device_id
-  AND t.opened_at >= u.opened AND (u.closed IS NULL OR t.opened_at < u.closed)
-  AND NOT EXISTS (SELECT FROM ingestd.service_tickets k WHERE k.effect_key = u.key)
-RETURNING t.effect_key, old.opened_at AS before, t.opened_at AS after
+  AND t.{start} >= u.start AND (u.stop IS NULL OR t.{start} < u.stop)
+  AND NOT EXISTS (SELECT FROM ingestd.{table} k WHERE k.effect_key = u.key)
+RETURNING t.effect_key, old.{start} AS before, t.{start} AS after
 """
+
+
+SUBSUME_TICKETS = _subsume("service_tickets", "opened_at", "closed_at")
+SUBSUME_DOWNTIME = _subsume("downtime", "started_at", "ended_at")
 
 OPEN_TICKETS = """
 INSERT INTO ingestd.service_tickets
@@ -83,20 +89,6 @@ FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS u(key, at, dete
      ingestd.downtime old
 WHERE d.effect_key = u.key AND old.id = d.id AND d.ended_at IS DISTINCT FROM u.at
 RETURNING d.effect_key, old.ended_at AS before, d.ended_at AS after
-"""
-
-SUBSUME_DOWNTIME = """
-UPDATE ingestd.downtime d
-SET effect_key = u.key, started_at = u.started
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-            $6::timestamptz[]) AS u(key, order_id, device_id, rule_id, started, ended),
-     ingestd.downtime old
-WHERE old.id = d.id AND d.ended_at IS NULL AND d.effect_key <> u.key
-  AND d.rule_id = u.rule_id AND d.order_id = u.order_id
-  AND d.device_id = u.device_id
-  AND d.started_at >= u.started AND (u.ended IS NULL OR d.started_at < u.ended)
-  AND NOT EXISTS (SELECT FROM ingestd.downtime k WHERE k.effect_key = u.key)
-RETURNING d.effect_key, old.started_at AS before, d.started_at AS after
 """
 
 START_DOWNTIME = """
