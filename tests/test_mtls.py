@@ -27,6 +27,7 @@ from bench import harness
 from ingestd.security import inventory, pki
 
 from .conftest import Deployment, deploy
+from .mqtt_publisher import wait_for
 
 
 @dataclass
@@ -133,7 +134,10 @@ certificate = "{ca.folder / "server.pem"}"
 private_key = "{ca.folder / "server.key"}"
 client_ca = "{ca.folder / "root.pem"}"
 revocation_poll_s = 0.5
-{TTN_ROUTE}"""
+{TTN_ROUTE}
+[orders]
+bindings_refresh_s = 0.5
+"""
     d = await deploy(
         pg_uri, f"t_mtls_{run_id}", broker, tmp, extra,
         sections={
@@ -294,6 +298,29 @@ async def test_mtls_payload_naming_another_device_is_403(secure: Secure) -> None
     assert reason == "certificate of 'gw-7' may not write as 'dev1'"
 
 
+async def test_mtls_oversized_body_for_another_device_is_not_filed_under_it(
+    secure: Secure,
+) -> None:
+    # Cut at 413 before the scope check: the dead letter names the sender
+    cert, key, _ = secure.ca.device("big-1")
+    reader, writer = await open_https(secure, cert, key)
+    status, answer = await post(reader, writer, "victim-9", b"[" + b" " * 1_100_000)
+    writer.close()
+    assert status == 413, answer
+
+    async def kept() -> list[tuple[str, str]] | None:
+        letters = await secure.d.fetch(
+            "SELECT device_id, reason FROM ingestd.dead_letters"
+            " WHERE reason LIKE '413%' AND source LIKE '%victim-9%'"
+        )
+        return [tuple(r) for r in letters] or None
+
+    assert await wait_for(kept, timeout=10) == [
+        ("big-1", "413: body larger than 1048576 bytes; certificate of 'big-1' "
+                  "may not write as 'victim-9'")
+    ]  # fmt: skip
+
+
 async def test_mtls_gateway_writes_for_the_devices_its_certificate_relays_for(
     secure: Secure,
 ) -> None:
@@ -411,41 +438,60 @@ async def test_mtls_websocket_upgrade_as_another_device_is_403(secure: Secure) -
 async def test_mtls_aliases_lead_no_payload_to_a_device_out_of_scope(
     secure: Secure,
 ) -> None:
-    """A DevEUI is an identity too: once the alias table maps it to a
-    device, naming it writes as that device, so the scope covers it."""
+    """A DevEUI is an identity too. A certificate never claims one first
+    (first sight would win it for good, and with it the device's readings
+    from every feed); once the operator maps it to a device, naming it
+    writes as that device, so the scope covers it."""
     ttn = "application/x-ttn+json"
     cert, key, issued = secure.ca.device("lns-2", relays=("eui-*",))
     await secure.record(issued, "lns-2")
     gw_reader, gw_writer = await open_https(secure, cert, key)
-    # the gateway's uplink records the alias 70B3D57ED00000AA -> eui-real
-    first = await post(gw_reader, gw_writer, "lns-2",
-                       ttn_uplink("eui-real", "70B3D57ED00000AA"), ttn)  # fmt: skip
-    # a device naming that DevEUI would be stored as eui-real
     cert2, key2, _ = secure.ca.device("plain-5")
     reader, writer = await open_https(secure, cert2, key2)
-    claimed = await post(reader, writer, "plain-5",
-                         ttn_uplink("plain-5", "70B3D57ED00000AA"), ttn)  # fmt: skip
+    real, fake = "70B3D57ED00000AA", "70B3D57ED00000BB"
+    answers = [
+        # first sights: stored under the device named, no alias recorded
+        await post(gw_reader, gw_writer, "lns-2", ttn_uplink("eui-real", real), ttn),
+        await post(reader, writer, "plain-5", ttn_uplink("plain-5", fake), ttn),
+    ]
+    conn = await secure.d.connect()
+    await conn.execute(
+        "INSERT INTO ingestd.device_aliases (namespace, external_id, device_id)"
+        " VALUES ('lorawan', lower($1), 'eui-real')",
+        real,
+    )
+    await conn.close()
+    await asyncio.sleep(1.5)  # the server reloads aliases every 0.5 s here
+    answers += [
+        # naming the operator's DevEUI writes as eui-real
+        await post(reader, writer, "plain-5", ttn_uplink("plain-5", real), ttn),
+        await post(gw_reader, gw_writer, "lns-2", ttn_uplink("eui-x", real), ttn),
+        # an uplink with no reading still names a device
+        await post(gw_reader, gw_writer, "lns-2",
+                   ttn_uplink("victim-1", "AAAAAAAAAAAAAAAA", False), ttn),
+    ]  # fmt: skip
     writer.close()
-    # an uplink with no reading still claims its DevEUI for the device named
-    aliased = await post(gw_reader, gw_writer, "lns-2",
-                         ttn_uplink("victim-1", "AAAAAAAAAAAAAAAA", False), ttn)  # fmt: skip
     gw_writer.close()
-    assert (first, claimed, aliased) == (
+    assert answers == [
+        (202, {"stored": 1}),
         (202, {"stored": 1}),
         (403, {"error": "certificate of 'plain-5' may not write as 'eui-real'"}),
+        (202, {"stored": 1}),
         (403, {"error": "certificate of 'lns-2' (relays 'eui-*') may not write as "
                         "'victim-1'"}),
-    )  # fmt: skip
+    ], answers  # fmt: skip
     stored = await secure.d.fetch(
         "SELECT device_id FROM ingestd.readings"
-        " WHERE device_id IN ('eui-real', 'plain-5', 'victim-1')"
+        " WHERE device_id IN ('eui-real', 'eui-x', 'plain-5', 'victim-1')"
+        " ORDER BY device_id"
     )
-    assert [r["device_id"] for r in stored] == ["eui-real"]
+    assert [r["device_id"] for r in stored] == ["eui-real", "eui-real", "plain-5"]
     aliases = await secure.d.fetch(
         "SELECT external_id, device_id FROM ingestd.device_aliases"
-        " WHERE external_id IN ('70b3d57ed00000aa', 'aaaaaaaaaaaaaaaa')"
-    )
-    assert [tuple(r) for r in aliases] == [("70b3d57ed00000aa", "eui-real")]
+        " WHERE external_id IN (lower($1), lower($2), 'aaaaaaaaaaaaaaaa')",
+        real, fake,
+    )  # fmt: skip
+    assert [tuple(r) for r in aliases] == [(real.lower(), "eui-real")]
 
 
 # -- CoAP over TLS --------------------------------------------------------------

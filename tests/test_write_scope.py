@@ -92,3 +92,33 @@ def test_relay_patterns_are_shell_style_and_case_sensitive(
     gateway = peer("lns-1", "field-*", "pump-[0-9]", "100%")
     assert gateway.may_write_as(device) is allowed
     assert gateway.may_write_as(device) is allowed  # and again, remembered
+
+
+def test_a_certificate_claims_no_external_id_for_the_first_time() -> None:
+    aliases = Aliases()
+    aliases._table[("lorawan", "70b3d57ed0000a01")] = "tracker-0042"
+    decoded = message("eui-evil")
+    decoded.aliases += [
+        ("lorawan", "70b3d57ed0000a01", "eui-evil"),  # known: kept, checked
+        ("lorawan", "70b3d57ed0000042", "eui-evil"),  # first sight: dropped
+    ]
+    gateway = peer("lns-1", "eui-*", "tracker-*")
+    assert gateway.stranger_in(decoded, aliases) is None
+    assert decoded.aliases == [("lorawan", "70b3d57ed0000a01", "eui-evil")]
+    assert aliases.canonical(decoded) == []  # nothing new to record
+    assert [r.device for r in decoded.readings] == ["tracker-0042"]
+
+
+def test_canonical_moves_firmware_and_presence_with_the_readings() -> None:
+    aliases = Aliases()
+    aliases._table[("zigbee", "0x00158d000bbbbbbb")] = "zb-canonical"
+    decoded = message("zb-lamp")
+    decoded.aliases.append(("zigbee", "0x00158d000bbbbbbb", "zb-lamp"))
+    decoded.firmware["zb-lamp"] = "2.0"
+    decoded.offline.append("zb-lamp")
+    assert aliases.canonical(decoded) == []
+    assert [r.device for r in decoded.readings] == ["zb-canonical"]
+    assert (decoded.firmware, decoded.offline) == (
+        {"zb-canonical": "2.0"},
+        ["zb-canonical"],
+    )

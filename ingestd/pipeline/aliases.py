@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncpg
 
 from ..codecs.base import Decoded
-from ..model import Reading
 
 LOAD = "SELECT namespace, external_id, device_id FROM ingestd.device_aliases"
 
@@ -42,18 +41,31 @@ class Aliases:
         names.update(decoded.offline)
         return names
 
-    def canonical(
-        self, aliases: list[tuple[str, str, str]], readings: list[Reading]
-    ) -> list[tuple[str, str, str]]:
-        """Point ``readings`` at canonical devices; return aliases to record."""
+    def claimable(self, decoded: Decoded) -> None:
+        """Keep only the aliases the table knows: a sender authenticated by
+        a certificate may not claim an external id (a DevEUI, an IEEE
+        address) for the first time. First sight wins an id for good, so a
+        certificate could otherwise take a device's id before its real
+        gateway does, and with it that device's readings from every feed.
+        Aliases for such senders come from the operator or from feeds
+        without certificates."""
+        table = self._table
+        decoded.aliases = [a for a in decoded.aliases if (a[0], a[1]) in table]
+
+    def canonical(self, decoded: Decoded) -> list[tuple[str, str, str]]:
+        """Point ``decoded``'s readings, firmware and presence reports at
+        canonical devices; return the aliases to record."""
         new: list[tuple[str, str, str]] = []
-        for namespace, external, named in aliases:
+        for namespace, external, named in decoded.aliases:
             device = self._table.get((namespace, external))
             if device is None:
                 self._table[(namespace, external)] = named
                 new.append((namespace, external, named))
             elif device != named:
-                for r in readings:
+                for r in decoded.readings:
                     if r.device == named:
                         r.device = device
+                if named in decoded.firmware:
+                    decoded.firmware[device] = decoded.firmware.pop(named)
+                decoded.offline = [device if o == named else o for o in decoded.offline]
         return new

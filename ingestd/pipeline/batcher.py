@@ -143,7 +143,7 @@ class Batcher:
         readings = decoded.readings
         received = origin.received
         if decoded.aliases:
-            batch.aliases += self.aliases.canonical(decoded.aliases, readings)
+            batch.aliases += self.aliases.canonical(decoded)
         if decoded.offline:
             batch.offline.update(decoded.offline)
         if readings:

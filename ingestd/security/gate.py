@@ -37,7 +37,9 @@ import asyncpg
 from cryptography import x509
 
 from .. import log, metrics
+from ..codecs.base import Decoded
 from ..config import Security
+from ..pipeline.aliases import Aliases
 from . import pki
 
 REVOKED = """
@@ -107,6 +109,16 @@ class Peer:
             if not self.may_write_as(device):
                 return device
         return None
+
+    def stranger_in(self, decoded: Decoded, aliases: Aliases) -> str | None:
+        """A device ``decoded`` would write for that this certificate may
+        not, if any. Otherwise the message keeps only the external ids the
+        alias table knows: a certificate claims none for the first time
+        (``Aliases.claimable``)."""
+        other = self.stranger(aliases.written_for(decoded))
+        if other is None and decoded.aliases:
+            aliases.claimable(decoded)
+        return other
 
     def refusal(self, device: str) -> str:
         """Why this certificate may not write as ``device``."""

@@ -164,7 +164,7 @@ class Telemetry(aiocoap.resource.Resource, aiocoap.resource.PathCapable):
                 )
             codec.decode(payload, origin, decoded)
             if peer is not None and (
-                other := peer.stranger(self.batcher.aliases.written_for(decoded))
+                other := peer.stranger_in(decoded, self.batcher.aliases)
             ):
                 metrics.tls_wrong_identity.labels("coap").inc()
                 raise Forbidden(peer.refusal(other))

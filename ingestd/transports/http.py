@@ -107,7 +107,7 @@ class TelemetryEndpoint:
             self._refuse(request, origin, body, exc.http_status, str(exc), exc.path)
             return
         if peer is not None and (
-            other := peer.stranger(self.batcher.aliases.written_for(decoded))
+            other := peer.stranger_in(decoded, self.batcher.aliases)
         ):
             metrics.tls_wrong_identity.labels("http").inc()
             self._refuse(request, origin, body, 403, peer.refusal(other))
@@ -148,14 +148,15 @@ class TelemetryEndpoint:
         """A request the connection cut short (too large, too slow): keep
         what came of its body, up to 4 KiB."""
         url = request.url.split(b"?", 1)[0]
-        origin = Origin(
-            _device_in(url) or None,
-            "http",
-            clock.now_us(),
-            _source(request.peer, url),
-        )
+        device = _device_in(url) or None
+        why = f"{status}: {reason}"
+        peer = request.conn.identity
+        if device is not None and peer is not None and not peer.may_write_as(device):
+            # Cut before its scope was checked: not filed under that device
+            why, device = f"{why}; {peer.refusal(device)}", peer.device
+        origin = Origin(device, "http", clock.now_us(), _source(request.peer, url))
         kept = b"".join(request.body)[:KEPT_OF_REFUSED]
-        self.batcher.dead_letter(origin, kept, f"{status}: {reason}", None)
+        self.batcher.dead_letter(origin, kept, why, None)
 
     def _refuse(
         self,

@@ -166,7 +166,7 @@ class WebSocketSession(asyncio.Protocol):
             self.codec.decode(payload, origin, decoded)
             peer = self.http.identity
             if peer is not None and (
-                other := peer.stranger(self.batcher.aliases.written_for(decoded))
+                other := peer.stranger_in(decoded, self.batcher.aliases)
             ):
                 metrics.tls_wrong_identity.labels("websocket").inc()
                 raise Forbidden(peer.refusal(other))
