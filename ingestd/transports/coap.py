@@ -275,11 +275,13 @@ async def serve(
                 _ssl_context=tls,
             )  # fmt: skip
         )
-    log.coap.info(
-        "listening on %s:%d (%s)%s", config.host, config.port,
-        ", ".join(t for t in config.transports if t != "tls" and plain) or "-",
-        f", TLS on {config.tls_port}" if "tls" in config.transports else "",
-    )  # fmt: skip
+    where = []
+    if plain:
+        names = ", ".join(t for t in config.transports if t != "tls")
+        where.append(f"{config.host}:{config.port} ({names})")
+    if "tls" in config.transports:
+        where.append(f"{config.host}:{config.tls_port} (TLS)")
+    log.coap.info("listening on %s", " and ".join(where) or "nothing")
     return contexts, telemetry
 
 
