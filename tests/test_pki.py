@@ -94,6 +94,10 @@ def _user_error(done: object, *words: str) -> None:
         assert word in lines[0], lines[0]
 
 
+def _crl_number(crl: x509.CertificateRevocationList) -> int:
+    return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+
+
 def _verify_client(ca: Pki, leaf: x509.Certificate, *rest: x509.Certificate) -> None:
     """Path validation to the root alone, as a TLS server does it."""
     verifier = (
@@ -192,6 +196,7 @@ async def test_certs_issue_server_with_client_auth(ca: Pki) -> None:
 async def test_certs_revoke_fills_crl_and_inventory_and_notifies(ca: Pki) -> None:
     await ok(ca.config, "issue-device", "rv-1")
     old = serial(ca.device("rv-1")[0])
+    before = _crl_number(ca.crl())
 
     heard: asyncio.Queue[str] = asyncio.Queue()
     listener = await asyncpg.connect(ca.dsn)
@@ -214,10 +219,20 @@ async def test_certs_revoke_fills_crl_and_inventory_and_notifies(ca: Pki) -> Non
     entry = crl.get_revoked_certificate_by_serial_number(int(old, 16))
     assert entry is not None
     assert entry.revocation_date_utc == row["revoked_at"].replace(microsecond=0)
+    reason = entry.extensions.get_extension_for_class(x509.CRLReason).value
+    assert reason.reason == x509.ReasonFlags.key_compromise
+    assert _crl_number(crl) > before  # RFC 5280: each CRL numbered above the last
 
     # again: nothing live, not an error; an unknown device is
     again = await ok(ca.config, "revoke", "rv-1")
     assert "nothing live to revoke" in again
+    assert _crl_number(ca.crl()) > _crl_number(crl)
+    # unspecified is no reason code at all (RFC 5280, section 5.3.1)
+    await ok(ca.config, "issue-device", "rv-2")
+    plain = serial(ca.device("rv-2")[0])
+    await ok(ca.config, "revoke", "rv-2")
+    entry = ca.crl().get_revoked_certificate_by_serial_number(int(plain, 16))
+    assert entry is not None and not list(entry.extensions)
     _user_error(await certs(ca.config, "revoke", "never-issued"), "never-issued")
     _user_error(await certs(ca.config, "revoke", "rv-1", "--reason", "bored"))
 

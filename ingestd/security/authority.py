@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
@@ -322,7 +323,9 @@ class Authority:
         """Sign the CRL of the intermediate's revocations and write it to
         ``ca/crl.pem`` and every path listed in ``ca/crl-copies``."""
         revoked = await inventory.revoked_for_crl(conn, self.issuing.cert)
-        crl = pki.build_crl(self.issuing, revoked, dt.timedelta(days=days))
+        crl = pki.build_crl(
+            self.issuing, revoked, self._next_crl_number(), dt.timedelta(days=days)
+        )
         data = crl.public_bytes(serialization.Encoding.PEM)
         pki.write_public(self.crl_path, data)
         for copy in self.copies():
@@ -332,6 +335,17 @@ class Authority:
                 print(f"ingestd certs: CRL copy {copy} not written: {exc}",
                       file=sys.stderr)  # fmt: skip
         return data
+
+    def _next_crl_number(self) -> int:
+        """Above the last CRL's number, and at least the time in ms: it
+        grows even if the last CRL file was lost."""
+        number = int(time.time() * 1000)
+        try:
+            last = x509.load_pem_x509_crl(self.crl_path.read_bytes())
+            previous = last.extensions.get_extension_for_class(x509.CRLNumber)
+        except (OSError, ValueError, x509.ExtensionNotFound):
+            return number
+        return max(number, previous.value.crl_number + 1)
 
     def copies(self) -> list[Path]:
         if not self.crl_copies.is_file():

@@ -169,19 +169,21 @@ async def revoke_device(
 
 async def revoked_for_crl(
     conn: asyncpg.Connection, issuer: x509.Certificate
-) -> list[tuple[int, dt.datetime]]:
-    """``(serial, revoked at)`` of what ``issuer`` signed and revoked.
+) -> list[tuple[int, dt.datetime, str | None]]:
+    """``(serial, revoked at, reason)`` of what ``issuer`` signed and revoked.
 
     Certificates past their expiry are left out: no verifier accepts them
     anyway, and the CRL stays as small as the live fleet's revocations.
     """
     rows = await conn.fetch(
-        "SELECT serial, revoked_at FROM ingestd.certificates"
+        "SELECT serial, revoked_at, revocation_reason FROM ingestd.certificates"
         " WHERE issuer_serial = $1 AND revoked_at IS NOT NULL"
         " AND not_after > now() ORDER BY revoked_at, serial",
         serial_hex(issuer),
     )
-    return [(int(r["serial"], 16), r["revoked_at"]) for r in rows]
+    return [
+        (int(r["serial"], 16), r["revoked_at"], r["revocation_reason"]) for r in rows
+    ]
 
 
 async def listing(

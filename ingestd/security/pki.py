@@ -263,12 +263,28 @@ def issue_client(ca: Issued, name: str, days: float = SERVER_DAYS) -> Issued:
     return Issued(key, cert)
 
 
+# Reason names as the inventory keeps them (RFC 5280, section 5.3.1)
+CRL_REASONS = {
+    "keyCompromise": x509.ReasonFlags.key_compromise,
+    "affiliationChanged": x509.ReasonFlags.affiliation_changed,
+    "superseded": x509.ReasonFlags.superseded,
+    "cessationOfOperation": x509.ReasonFlags.cessation_of_operation,
+    "privilegeWithdrawn": x509.ReasonFlags.privilege_withdrawn,
+}
+
+
 def build_crl(
     ca: Issued,
-    revoked: Iterable[tuple[int, dt.datetime]],
+    revoked: Iterable[tuple[int, dt.datetime, str | None]],
+    number: int,
     next_update: dt.timedelta = dt.timedelta(days=7),
 ) -> x509.CertificateRevocationList:
-    """A CRL signed by ``ca`` listing ``(serial, revoked at)`` pairs."""
+    """A CRL signed by ``ca`` listing ``(serial, revoked at, reason)``.
+
+    ``number`` is its CRL Number, which must grow from one CRL to the next
+    (RFC 5280, section 5.2.3). A reason other than ``unspecified`` is the
+    entry's reason code; ``unspecified`` is left out, as RFC 5280 asks.
+    """
     now = _now()
     builder = (
         x509.CertificateRevocationListBuilder()
@@ -276,14 +292,15 @@ def build_crl(
         .last_update(now - CLOCK_SKEW)
         .next_update(now + next_update)
         .add_extension(_authority_key_id(ca.cert), False)
+        .add_extension(x509.CRLNumber(number), False)
     )
-    for serial, when in revoked:
-        builder = builder.add_revoked_certificate(
-            x509.RevokedCertificateBuilder()
-            .serial_number(serial)
-            .revocation_date(when)
-            .build()
-        )
+    for serial, when, reason in revoked:
+        entry = x509.RevokedCertificateBuilder().serial_number(serial)
+        entry = entry.revocation_date(when)
+        flag = CRL_REASONS.get(reason or "")
+        if flag is not None:
+            entry = entry.add_extension(x509.CRLReason(flag), False)
+        builder = builder.add_revoked_certificate(entry.build())
     return builder.sign(ca.key, hashes.SHA256())
 
 
