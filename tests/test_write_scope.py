@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ingestd.codecs.base import Decoded
 from ingestd.model import Reading
@@ -122,3 +124,50 @@ def test_canonical_moves_firmware_and_presence_with_the_readings() -> None:
         {"zb-canonical": "2.0"},
         ["zb-canonical"],
     )
+
+
+# -- the property: what passes the check is written only where it may --------
+
+NAMES = st.sampled_from(
+    ["lns-1", "field-1", "field-22", "pump-3", "pump-33", "yard-1", "tracker-9"]
+)
+EXTERNAL = st.sampled_from(["eui-a", "eui-b", "eui-c", "ieee-d"])
+PATTERNS = st.lists(st.sampled_from(["field-*", "pump-[0-9]", "*", "yard-?"]),
+                    max_size=2)  # fmt: skip
+
+
+@given(
+    patterns=PATTERNS,
+    table=st.dictionaries(EXTERNAL, NAMES, max_size=4),
+    readings=st.lists(NAMES, max_size=4),
+    claims=st.lists(st.tuples(EXTERNAL, NAMES), max_size=3),
+    firmware=st.lists(NAMES, max_size=2),
+    offline=st.lists(NAMES, max_size=2),
+)
+@settings(max_examples=2000, deadline=None)
+def test_a_message_that_passes_writes_only_where_the_certificate_may(
+    patterns: list[str],
+    table: dict[str, str],
+    readings: list[str],
+    claims: list[tuple[str, str]],
+    firmware: list[str],
+    offline: list[str],
+) -> None:
+    aliases = Aliases()
+    aliases._table = {("lorawan", ext): device for ext, device in table.items()}
+    decoded = message(*readings)
+    decoded.aliases = [("lorawan", ext, named) for ext, named in claims]
+    decoded.firmware = dict.fromkeys(firmware, "1.0")
+    decoded.offline = list(offline)
+    sender = peer("lns-1", *patterns)
+
+    refused = sender.stranger_in(decoded, aliases)
+    recorded = aliases.canonical(decoded)
+    written = [r.device for r in decoded.readings]
+    written += [*decoded.firmware, *decoded.offline]
+    written += [named for _ns, _ext, named in recorded]
+    if refused is None:
+        assert all(sender.may_write_as(d) for d in written), written
+        assert recorded == []  # a certificate claims no external id first
+    else:
+        assert not sender.may_write_as(refused)
