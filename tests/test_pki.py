@@ -276,6 +276,21 @@ async def test_certs_rotate_supersedes_the_old_certificate(ca: Pki) -> None:
     _user_error(await certs(ca.config, "rotate", "no-such-device"), "issue-device")
 
 
+async def test_certs_rotate_refuses_a_revoked_device(ca: Pki) -> None:
+    """A device revoked as lost is not let back in by a rotation; enrolling
+    it again is a deliberate issue-device."""
+    await ok(ca.config, "issue-device", "lost-1")
+    await ok(ca.config, "revoke", "lost-1", "--reason", "keyCompromise")
+    revoked = serial(ca.device("lost-1")[0])
+    done = await certs(ca.config, "rotate", "lost-1")
+    _user_error(done, revoked, "keyCompromise", "issue-device lost-1")
+    count = "SELECT count(*) FROM ingestd.certificates WHERE device_id = 'lost-1'"
+    assert (await ca.fetch(count))[0][0] == 1
+    await ok(ca.config, "issue-device", "lost-1")
+    assert serial(ca.device("lost-1")[0]) != revoked
+    await ok(ca.config, "rotate", "lost-1")  # live again: rotates as usual
+
+
 async def test_certs_gateway_relays_are_bound_listed_and_kept_by_rotate(
     ca: Pki,
 ) -> None:

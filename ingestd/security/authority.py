@@ -286,13 +286,22 @@ class Authority:
         days: float | None,
         keep_old: bool,
     ) -> int:
-        if not await inventory.device_known(conn, device_id):
+        newest = await inventory.newest_device_certificate(conn, device_id)
+        if newest is None:
             raise PkiError(
                 f"no certificate was ever issued for device {device_id!r}: "
                 "use `ingestd certs issue-device`"
             )
+        if newest["revoked_at"] is not None:
+            # Revoked on purpose (a lost or compromised device): a rotation
+            # would quietly let it back in with the old relay scope.
+            raise PkiError(
+                f"device {device_id!r}'s newest certificate {newest['serial']} "
+                f"was revoked ({newest['revocation_reason']}); to enrol it "
+                f"again, `ingestd certs issue-device {device_id}`"
+            )
+        relays = list(newest["relays"] or ())  # a gateway's scope
         async with conn.transaction():
-            relays = await inventory.relays_of(conn, device_id)  # a gateway's scope
             issued = await self._new_device(conn, device_id, days, relays)
             revoked: list[str] = []
             if not keep_old:

@@ -88,15 +88,20 @@ async def live_device_serials(conn: asyncpg.Connection, device_id: str) -> list[
     return [r["serial"] for r in rows]
 
 
-async def relays_of(conn: asyncpg.Connection, device_id: str) -> list[str]:
-    """The relay patterns of ``device_id``'s newest certificate (none for a
-    plain device): what a rotation carries over."""
-    patterns = await conn.fetchval(
-        "SELECT relays FROM ingestd.certificates WHERE kind = 'device'"
-        " AND device_id = $1 ORDER BY issued_at DESC, not_before DESC LIMIT 1",
+async def newest_device_certificate(
+    conn: asyncpg.Connection, device_id: str
+) -> asyncpg.Record | None:
+    """``device_id``'s newest certificate (serial, relays, revoked_at,
+    revocation_reason), or None if none was ever issued: what a rotation
+    carries over (a gateway's relay patterns) and refuses after (a
+    revocation)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT serial, relays, revoked_at, revocation_reason"
+        " FROM ingestd.certificates WHERE kind = 'device' AND device_id = $1"
+        " ORDER BY issued_at DESC, not_before DESC LIMIT 1",
         device_id,
     )
-    return list(patterns or ())
+    return row
 
 
 async def device_known(conn: asyncpg.Connection, device_id: str) -> bool:
