@@ -263,7 +263,7 @@ class Authority:
     ) -> int:
         if reason not in inventory.REASONS:
             raise PkiError(f"reason {reason!r}: one of {', '.join(inventory.REASONS)}")
-        if not await inventory.device_known(conn, device_id):
+        if await inventory.newest_device_certificate(conn, device_id) is None:
             raise PkiError(f"no certificate was ever issued for device {device_id!r}")
         keep = None
         if keep_newest:

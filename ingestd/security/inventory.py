@@ -92,9 +92,9 @@ async def newest_device_certificate(
     conn: asyncpg.Connection, device_id: str
 ) -> asyncpg.Record | None:
     """``device_id``'s newest certificate (serial, relays, revoked_at,
-    revocation_reason), or None if none was ever issued: what a rotation
-    carries over (a gateway's relay patterns) and refuses after (a
-    revocation)."""
+    revocation_reason), or None if none was ever issued: whether the device
+    is known at all, what a rotation carries over (a gateway's relay
+    patterns) and what it refuses after (a revocation)."""
     row: asyncpg.Record | None = await conn.fetchrow(
         "SELECT serial, relays, revoked_at, revocation_reason"
         " FROM ingestd.certificates WHERE kind = 'device' AND device_id = $1"
@@ -102,16 +102,6 @@ async def newest_device_certificate(
         device_id,
     )
     return row
-
-
-async def device_known(conn: asyncpg.Connection, device_id: str) -> bool:
-    """Whether any certificate was ever issued for ``device_id``."""
-    found = await conn.fetchval(
-        "SELECT 1 FROM ingestd.certificates WHERE kind = 'device'"
-        " AND device_id = $1 LIMIT 1",
-        device_id,
-    )
-    return found is not None
 
 
 async def client_subject_taken(
